@@ -1,0 +1,43 @@
+"""Local cross-modal attention between image tokens and sentence vectors, batched with padding masks (method.md 4.2).
+
+Single head, sigmoid weights scaled by 1/sqrt(D), separate Q/K/V maps per modality, no output projection, residual
+or norm. image-to-text: each sentence attends over its own image's tokens; text-to-image: each image token attends
+over its own report's sentences. Padded sentences get zero weight, so they contribute exactly nothing.
+The weights A1 [B, S, P] and A2 [B, P, S] are the sentence-to-region grounding maps shown to users.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+
+class CrossModalOutput(NamedTuple):
+    image_to_text: torch.Tensor  # f_IR [B, S, D], one vector per sentence (zero rows for padding)
+    text_to_image: torch.Tensor  # f_RI [B, P, D], one vector per image token
+    attn_image_to_text: torch.Tensor  # A1 [B, S, P] (zero rows for padding)
+    attn_text_to_image: torch.Tensor  # A2 [B, P, S] (zero columns for padding)
+
+
+class SigmoidCrossModalAttention(nn.Module):
+    def __init__(self, embed_dim: int):
+        super().__init__()
+        self.scale = 1.0 / math.sqrt(embed_dim)
+        self.q_image = nn.Linear(embed_dim, embed_dim)
+        self.k_image = nn.Linear(embed_dim, embed_dim)
+        self.v_image = nn.Linear(embed_dim, embed_dim)
+        self.q_text = nn.Linear(embed_dim, embed_dim)
+        self.k_text = nn.Linear(embed_dim, embed_dim)
+        self.v_text = nn.Linear(embed_dim, embed_dim)
+
+    def forward(self, image_tokens: torch.Tensor, sentences: torch.Tensor, valid: torch.Tensor) -> CrossModalOutput:
+        """image_tokens [B, P, D], sentences [B, S, D], valid [B, S] bool."""
+        keep = valid.to(sentences.dtype)
+        a1 = torch.sigmoid(self.q_text(sentences) @ self.k_image(image_tokens).transpose(1, 2) * self.scale)
+        a1 = a1 * keep.unsqueeze(-1)
+        a2 = torch.sigmoid(self.q_image(image_tokens) @ self.k_text(sentences).transpose(1, 2) * self.scale)
+        a2 = a2 * keep.unsqueeze(1)
+        return CrossModalOutput(a1 @ self.v_image(image_tokens), a2 @ self.v_text(sentences), a1, a2)
