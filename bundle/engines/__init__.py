@@ -1,0 +1,1 @@
+"""CM-CGNS pretraining engines: trainer, evaluator, two-stage schedule, checkpoints, distributed helpers."""

@@ -1,0 +1,187 @@
+"""Checkpoints of a pretraining run: the resumable `last.pt`, the best weights of each stage, the exported encoder.
+
+Files in `ckpt_dir` (names are config values):
+    last.pt              everything needed to resume: model (k-means state and stage included), optimiser, scheduler,
+                         trainer counters, stage handler, best-checkpoint tracking, RNG states of every rank
+    stage1_best.pt       model weights with the lowest stage-1 validation loss (MONAI CheckpointSaver)
+    stage1_last.pt       model weights at the end of stage 1 (kept: stage 2 may start from best or last)
+    stage2_best.pt       model weights with the lowest stage-2 validation loss
+    model.pt             the exported whole pretraining model (plain state dict)
+    image_encoder.pt     the exported MONAI image encoder (plain state dict, loads with weights_only=True)
+Every file holds tensors and plain values only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+
+import torch
+from monai.handlers import CheckpointSaver
+from monai.utils import min_version, optional_import
+
+from bundle.engines import distributed as dist_utils
+
+Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
+
+logger = logging.getLogger(__name__)
+
+
+def atomic_torch_save(obj, path: str) -> None:
+    """torch.save to a temporary file and rename it over `path`, so a run killed while saving keeps the old file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _state_dict_of(obj):
+    if isinstance(obj, torch.nn.Module):
+        return dist_utils.unwrap_model(obj).state_dict()
+    return obj.state_dict()
+
+
+def load_model_weights(path: str, key: str = "model") -> dict:
+    """Model state dict from a checkpoint file: a plain state dict, or a dict holding it under `key`."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(checkpoint, Mapping) and key in checkpoint and isinstance(checkpoint[key], Mapping):
+        return dict(checkpoint[key])
+    return dict(checkpoint)
+
+
+class ResumeCheckpointSaver:
+    """Writes `save_dict` atomically to one file at every epoch end and, optionally, every N iterations.
+
+    Attach it AFTER ValidationHandler and the stage-best savers so that the epoch-end file already holds the best-metric
+    tracking of that epoch's validation. All ranks must run it (RNGState gathers states); only rank 0 writes.
+
+    Args:
+        save_dir: directory of the file.
+        save_dict: name -> object with state_dict()/load_state_dict() (modules are unwrapped from DDP).
+        filename: file name, `last.pt` by default.
+        every_n_iterations: also save every N iterations inside an epoch (0: epoch ends only).
+    """
+
+    def __init__(self, save_dir: str, save_dict: dict, filename: str = "last.pt", every_n_iterations: int = 0) -> None:
+        if not save_dict:
+            raise ValueError("ResumeCheckpointSaver needs a non-empty save_dict")
+        self.save_dir = save_dir
+        self.save_dict = save_dict
+        self.filename = filename
+        self.every_n_iterations = int(every_n_iterations or 0)
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.save_dir, self.filename)
+
+    def attach(self, engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
+        if self.every_n_iterations > 0:
+            engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.every_n_iterations), self._save_inside_epoch)
+
+    def _save_inside_epoch(self, engine) -> None:
+        # the last iteration of an epoch is saved at EPOCH_COMPLETED, after validation and the best savers
+        epoch_length = engine.state.epoch_length
+        if epoch_length and engine.state.iteration % epoch_length == 0:
+            return
+        self.save(engine)
+
+    def save(self, engine) -> None:
+        state = {name: _state_dict_of(obj) for name, obj in self.save_dict.items()}
+        if dist_utils.is_main_process():
+            atomic_torch_save(state, self.path)
+            logger.info("saved resumable checkpoint %s (epoch %d, iteration %d)", self.path, engine.state.epoch,
+                        engine.state.iteration)
+
+
+class StageBestCheckpointSaver(CheckpointSaver):
+    """MONAI CheckpointSaver of the best model by validation loss, active only while `stage_source.stage == stage`.
+
+    Attach one per stage to the evaluator; each keeps its own file and its own best value, so stage 2's best is
+    chosen by stage-2 validation loss only. state_dict()/load_state_dict() carry the best-value tracking across
+    resume.
+    """
+
+    def __init__(self, stage: int, stage_source, save_dir: str, save_dict: dict, key_metric_name: str = "val_loss",
+                 filename: str | None = None, lower_is_better: bool = True, name: str | None = None) -> None:
+        super().__init__(save_dir=save_dir, save_dict=save_dict, name=name, save_key_metric=True,
+                         key_metric_name=key_metric_name, key_metric_n_saved=1,
+                         key_metric_filename=filename or f"stage{stage}_best.pt",
+                         key_metric_negative_sign=lower_is_better)
+        self.stage = int(stage)
+        self.stage_source = stage_source
+        self.filename = filename or f"stage{stage}_best.pt"
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.save_dir, self.filename)
+
+    def metrics_completed(self, engine) -> None:
+        if int(self.stage_source.stage) == self.stage:
+            super().metrics_completed(engine)
+
+    def state_dict(self) -> dict:
+        return self._key_metric_checkpoint.state_dict()
+
+    def best_value(self) -> float | None:
+        """Best validation loss seen in this stage (None before the first validation)."""
+        saved = self._key_metric_checkpoint._saved
+        if not saved:
+            return None
+        priority = saved[-1].priority
+        return -priority if self._key_metric_negative_sign else priority
+
+
+class EncoderExportHandler:
+    """At the end of training writes `model.pt` (whole pretraining model) and `image_encoder.pt` (image encoder only).
+
+    The weights come from `source_checkpoint` (the best checkpoint of the final stage) when it exists, else from the
+    live model. Both files are plain state dicts loadable with `torch.load(..., weights_only=True)`.
+    """
+
+    def __init__(self, network: torch.nn.Module, save_dir: str, source_checkpoint: str | None = None,
+                 model_filename: str = "model.pt", encoder_filename: str = "image_encoder.pt",
+                 encoder_attribute: str = "image_encoder") -> None:
+        self.network = network
+        self.save_dir = save_dir
+        self.source_checkpoint = source_checkpoint
+        self.model_filename = model_filename
+        self.encoder_filename = encoder_filename
+        self.encoder_attribute = encoder_attribute
+
+    def attach(self, engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine=None) -> dict[str, str]:
+        if not dist_utils.is_main_process():
+            return {}
+        model = dist_utils.unwrap_model(self.network)
+        if not hasattr(model, self.encoder_attribute):
+            raise AttributeError(f"{type(model).__name__} has no attribute {self.encoder_attribute!r} to export")
+        if self.source_checkpoint and os.path.isfile(self.source_checkpoint):
+            state = load_model_weights(self.source_checkpoint)
+            source = self.source_checkpoint
+        else:
+            if self.source_checkpoint:
+                logger.warning("export: %s not found, exporting the current weights", self.source_checkpoint)
+            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            source = "the current weights"
+        prefix = self.encoder_attribute + "."
+        encoder_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        expected = set(getattr(model, self.encoder_attribute).state_dict())
+        if set(encoder_state) != expected:
+            raise RuntimeError(f"export: {source} does not hold the image encoder's keys "
+                               f"(missing {sorted(expected - set(encoder_state))[:5]}, "
+                               f"unexpected {sorted(set(encoder_state) - expected)[:5]})")
+        paths = {"model": os.path.join(self.save_dir, self.model_filename),
+                 "image_encoder": os.path.join(self.save_dir, self.encoder_filename)}
+        atomic_torch_save(state, paths["model"])
+        atomic_torch_save(encoder_state, paths["image_encoder"])
+        logger.info("exported the pretraining model to %s and the image encoder to %s (weights from %s)",
+                    paths["model"], paths["image_encoder"], source)
+        return paths
