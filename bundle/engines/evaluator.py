@@ -64,6 +64,10 @@ class BatchMean(Metric):
         self._sum += float(output[self.key])
         self._num += 1
 
+    def iteration_completed(self, engine) -> None:
+        # the whole output dict goes to update(); Ignite's default expects (y_pred, y) pairs
+        self.update(engine.state.output)
+
     @sync_all_reduce("_sum", "_num")
     def compute(self) -> float:
         if int(self._num) == 0:
