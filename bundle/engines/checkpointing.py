@@ -18,7 +18,7 @@ import os
 from collections.abc import Mapping
 
 import torch
-from monai.handlers import CheckpointSaver
+from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.utils import min_version, optional_import
 
 from bundle.engines import distributed as dist_utils
@@ -65,21 +65,27 @@ class ResumeCheckpointSaver:
         save_dict: name -> object with state_dict()/load_state_dict() (modules are unwrapped from DDP).
         filename: file name, `last.pt` by default.
         every_n_iterations: also save every N iterations inside an epoch (0: epoch ends only).
+        engine_key: the engine this handler is attached to is saved under this name (a config cannot reference the
+            trainer from inside the trainer's own handler list).
     """
 
-    def __init__(self, save_dir: str, save_dict: dict, filename: str = "last.pt", every_n_iterations: int = 0) -> None:
+    def __init__(self, save_dir: str, save_dict: dict, filename: str = "last.pt", every_n_iterations: int = 0,
+                 engine_key: str | None = "trainer") -> None:
         if not save_dict:
             raise ValueError("ResumeCheckpointSaver needs a non-empty save_dict")
         self.save_dir = save_dir
-        self.save_dict = save_dict
+        self.save_dict = dict(save_dict)
         self.filename = filename
         self.every_n_iterations = int(every_n_iterations or 0)
+        self.engine_key = engine_key
 
     @property
     def path(self) -> str:
         return os.path.join(self.save_dir, self.filename)
 
     def attach(self, engine) -> None:
+        if self.engine_key:
+            self.save_dict[self.engine_key] = engine
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
         if self.every_n_iterations > 0:
             engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.every_n_iterations), self._save_inside_epoch)
@@ -99,12 +105,35 @@ class ResumeCheckpointSaver:
                         engine.state.iteration)
 
 
+class ResumeCheckpointLoader(CheckpointLoader):
+    """MONAI CheckpointLoader that also restores the engine it is attached to (saved under `engine_key`).
+
+    Attach it first, so every other STARTED handler sees the restored state.
+    """
+
+    def __init__(self, load_path: str, load_dict: dict, engine_key: str | None = "trainer", **kwargs) -> None:
+        super().__init__(load_path=load_path, load_dict=dict(load_dict), **kwargs)
+        self.engine_key = engine_key
+
+    def attach(self, engine) -> None:
+        if self.engine_key:
+            self.load_dict[self.engine_key] = engine
+        super().attach(engine)
+
+
+def current_stage(stage_source) -> int:
+    """The stage of a StageScheduleHandler or of a (possibly DDP-wrapped) model with a `stage` buffer."""
+    if isinstance(stage_source, torch.nn.Module):
+        stage_source = dist_utils.unwrap_model(stage_source)
+    return int(stage_source.stage)
+
+
 class StageBestCheckpointSaver(CheckpointSaver):
     """MONAI CheckpointSaver of the best model by validation loss, active only while `stage_source.stage == stage`.
 
     Attach one per stage to the evaluator; each keeps its own file and its own best value, so stage 2's best is
-    chosen by stage-2 validation loss only. state_dict()/load_state_dict() carry the best-value tracking across
-    resume.
+    chosen by stage-2 validation loss only. `stage_source` is the model (its `stage` buffer) or the stage handler.
+    state_dict()/load_state_dict() carry the best-value tracking across resume.
     """
 
     def __init__(self, stage: int, stage_source, save_dir: str, save_dict: dict, key_metric_name: str = "val_loss",
@@ -122,7 +151,7 @@ class StageBestCheckpointSaver(CheckpointSaver):
         return os.path.join(self.save_dir, self.filename)
 
     def metrics_completed(self, engine) -> None:
-        if int(self.stage_source.stage) == self.stage:
+        if current_stage(self.stage_source) == self.stage:
             super().metrics_completed(engine)
 
     def state_dict(self) -> dict:

@@ -53,3 +53,15 @@ def seeded_generator(seed: int) -> torch.Generator:
     generator = torch.Generator()
     generator.manual_seed(int(seed))
     return generator
+
+
+def subset_items(items: list, max_items: int | None, seed: int = 0) -> list:
+    """A reproducible random subset of at most `max_items` datalist items, in their original order (None: all).
+
+    For short demo runs; the same seed gives the same subset on any machine.
+    """
+    if max_items is None or max_items <= 0 or max_items >= len(items):
+        return list(items)
+    generator = torch.Generator().manual_seed(int(seed))
+    chosen = torch.randperm(len(items), generator=generator)[: int(max_items)].sort().values
+    return [items[i] for i in chosen.tolist()]

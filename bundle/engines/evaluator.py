@@ -75,9 +75,9 @@ class BatchMean(Metric):
         return float(self._sum / self._num)
 
 
-def pretrain_validation_metrics(names: Sequence[str] | None = None) -> dict[str, BatchMean]:
-    """Ignite metrics for the evaluator: name -> BatchMean; the first is the key metric (val_loss)."""
-    names = list(VALIDATION_METRICS) if names is None else list(names)
+def pretrain_validation_metrics(names: Sequence[str] | None = None, exclude: Sequence[str] = ()) -> dict[str, BatchMean]:
+    """Ignite metrics for the evaluator: name -> BatchMean (all of VALIDATION_METRICS by default, minus `exclude`)."""
+    names = [n for n in (VALIDATION_METRICS if names is None else names) if n not in exclude]
     unknown = [n for n in names if n not in VALIDATION_METRICS]
     if unknown:
         raise KeyError(f"unknown validation metrics {unknown}; known: {sorted(VALIDATION_METRICS)}")

@@ -9,7 +9,7 @@ start of the first stage-2 epoch (after the last stage-1 validation and checkpoi
    per-stage warm-up + cosine of StagedWarmupCosineLR,
 5. resets the evaluator's best-metric tracking (stage 2's best is chosen by stage-2 validation loss only; its
    checkpoint is a separate StageBestCheckpointSaver).
-The current stage is in this handler's state_dict (and in the model's), so a resumed run continues in its stage.
+The current stage is a buffer of the model, so a resumed run continues in the stage its checkpoint was in.
 """
 
 from __future__ import annotations
@@ -102,8 +102,11 @@ class StageScheduleHandler:
         self.model.set_stage(self.stage)
 
     def started(self, engine) -> None:
-        # a fresh run, or a resumed one after CheckpointLoader restored `stage`
-        self.model.set_stage(self.stage)
+        if engine.state.iteration > 0:
+            # resumed: the model's stage buffer came back with the checkpoint and is the truth
+            self.stage = int(self.model.stage)
+        else:
+            self.model.set_stage(self.stage)
         engine.state.stage = self.stage
         logger.info("pretraining stage %d (stage 1: %d epochs, stage 2: %d epochs)", self.stage, self.stage1_epochs,
                     self.stage2_epochs)
