@@ -79,10 +79,16 @@ class TrainingHistoryWriter:
         if not dist_utils.is_main_process():
             return
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        engine.add_event_handler(Events.STARTED, self.started)
         engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.every), self.write_training)
         if self.evaluator is not None:
             trainer = engine
             self.evaluator.add_event_handler(Events.EPOCH_COMPLETED, lambda ev: self.write_validation(trainer, ev))
+
+    def started(self, engine) -> None:
+        # a fresh run starts a fresh history; a resumed one (iteration restored by the loader) appends
+        if engine.state.iteration == 0:
+            open(self.path, "w", encoding="utf-8").close()
 
     def _append(self, record: dict) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
