@@ -144,6 +144,7 @@ class StageBestCheckpointSaver(CheckpointSaver):
                          key_metric_negative_sign=lower_is_better)
         self.stage = int(stage)
         self.stage_source = stage_source
+        self.lower_is_better = lower_is_better
         self.filename = filename or f"stage{stage}_best.pt"
 
     @property
@@ -163,7 +164,7 @@ class StageBestCheckpointSaver(CheckpointSaver):
         if not saved:
             return None
         priority = saved[-1].priority
-        return -priority if self._key_metric_negative_sign else priority
+        return -priority if self.lower_is_better else priority
 
 
 class EncoderExportHandler:
