@@ -94,7 +94,8 @@ class ResNetImageEncoder(nn.Module):
 class ViTImageEncoder(nn.Module):
     """MONAI ViT with a CLS token: patch tokens are the local tokens, the CLS token is the global vector.
 
-    MONAI's classification head is removed (it would be an unused module); its ViT.forward skips a missing head.
+    MONAI's classification head and the blocks' unused cross-attention norms are removed (unused modules would sit
+    in the optimiser); ViT.forward skips a missing head.
     """
 
     def __init__(
@@ -127,6 +128,10 @@ class ViTImageEncoder(nn.Module):
             qkv_bias=True,
         )
         del self.backbone.classification_head
+        for block in self.backbone.blocks:
+            # MONAI builds this LayerNorm even without cross-attention and never calls it: an unused module.
+            if not block.with_cross_attention:
+                block.norm_cross_attn = nn.Identity()
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tokens, _ = self.backbone(_match_channels(image, self.in_channels))  # [B, 1 + P, F], layer-normed
