@@ -16,7 +16,7 @@ from test_pretrain_fixtures import ROOT, tiny_dataset, tiny_overrides, tiny_text
 from bundle.engines.preflight import ResumeCheckpointError, TextModelDirError
 from bundle.engines.progress import read_history
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)
 PRETRAIN = str(ROOT / "configs" / "pretrain.yaml")
 EVALUATE = str(ROOT / "configs" / "evaluate_pretrain.yaml")
 META = str(ROOT / "metadata.json")
