@@ -1,0 +1,17 @@
+#!/usr/bin/env python
+"""Prepare the rsna dataset into OUT/manifests/ (docs/datasets.md):
+
+    python scripts/prepare_rsna.py --src DIR --out DIR [--help for the options]
+
+The logic lives in bundle/data/prepare/rsna.py; this file only puts the bundle root on sys.path and runs it.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bundle.data.prepare.rsna import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())
