@@ -33,6 +33,18 @@ def raised_by_config(error_type, match, call):
     return error
 
 
+def tensorboard_tags(log_dir) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for name in os.listdir(log_dir):
+        if name.startswith("events.out.tfevents"):
+            events = EventAccumulator(str(log_dir / name))
+            events.Reload()
+            tags |= set(events.Tags()["scalars"])
+    return tags
+
+
 def workflow(config_files, workflow_type="train", **overrides) -> ConfigWorkflow:
     return ConfigWorkflow(config_file=config_files, meta_file=META, logging_file=LOGGING,
                           workflow_type=workflow_type, **overrides)
@@ -97,7 +109,10 @@ def test_pretrain_then_evaluate_config_workflows(tmp_path, tiny_dataset, tiny_te
         assert all(key in r for r in train_records), key
     assert [r["epoch"] for r in val_records] == [1, 2]
     assert all(0 <= r["val_i2t_top1"] <= 1 and r["val_chance_top1"] == pytest.approx(0.25) for r in val_records)
-    assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "runs"))
+    assert tensorboard_tags(tmp_path / "runs") >= {
+        "loss", "loss_img", "loss_report", "loss_global", "loss_recon", "loss_recon_masked", "bml", "acc_i2t_top1",
+        "acc_i2t_top5", "acc_t2i_top1", "acc_t2i_top5", "lr", "logit_scale", "kmeans_initialized", "centroid_usage",
+        "val_loss", "val_i2t_top1", "val_i2t_top5", "val_t2i_top1", "val_t2i_top5", "val_chance_top1"}
 
     evaluator = workflow([PRETRAIN, EVALUATE], workflow_type="eval", **overrides,
                          eval_dir=str(tmp_path / "eval"))
