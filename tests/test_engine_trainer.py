@@ -163,3 +163,32 @@ def test_evaluator_averages_over_batches_and_reports_chance():
     assert evaluator.state.dropped_rows == 1
     # lower validation loss is better
     assert evaluator.metric_cmp_fn(0.1, 0.2) and not evaluator.metric_cmp_fn(0.3, 0.2)
+
+
+def test_amp_dtype_names_and_no_scaler_without_cuda():
+    from bundle.engines.trainer import resolve_amp_dtype
+
+    assert resolve_amp_dtype("bf16") == torch.bfloat16 and resolve_amp_dtype("float16") == torch.float16
+    with pytest.raises(ValueError, match="amp_dtype"):
+        resolve_amp_dtype("int8")
+    trainer = make_trainer(StandInModel(), [make_batch(["a", "b"])], amp=True, amp_dtype="float16")
+    trainer.run()  # on a CPU device autocast and the GradScaler stay off
+    assert trainer.scaler is None and np_isfinite(trainer.state.output["loss"])
+
+
+def np_isfinite(value) -> bool:
+    return value == value and abs(value) != float("inf")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="mixed precision runs on CUDA only")
+@pytest.mark.parametrize("amp_dtype", ["bfloat16", "float16"])
+def test_mixed_precision_on_cuda_trains(amp_dtype):
+    model = StandInModel().cuda()
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    trainer = CMCGNSTrainer(device="cuda", max_epochs=1, train_data_loader=[make_batch(["a", "b"]), make_batch(
+        ["c", "d"], seed=1)], network=model, optimizer=optimizer, amp=True, amp_dtype=amp_dtype, max_grad_norm=1.0)
+    trainer.run()
+    assert (trainer.scaler is not None) == (amp_dtype == "float16")
+    assert np_isfinite(trainer.state.output["loss"])
+    assert any(not torch.equal(p, b) for p, b in zip(model.parameters(), before))
