@@ -136,7 +136,8 @@ def loop_cluster_report_loss(
         hard.append(centroids[order[1]])
     z3 = torch.stack(hard)
 
-    ce_terms, bml_terms, masked_count = [], [], 0
+    nearest = torch.tensor(nearest)
+    ce_terms, bml_sum, masked_count = [], c.new_zeros(()), 0
     for i in range(n):
         if hard_negative_mode == "multiplicative":
             h_row = F.cosine_similarity(z1[i].unsqueeze(0), z3, dim=-1) / temperature
@@ -146,18 +147,17 @@ def loop_cluster_report_loss(
             own = F.cosine_similarity(z1[i], z3[i], dim=0) / temperature + hard_negative_bias
             logits = torch.cat([c[i], own.unsqueeze(0)])
         ce_terms.append(-F.log_softmax(logits, dim=0)[i])
-        for j in range(n):
-            same = float(nearest[i] == nearest[j] and i != j)
-            delta = (c[i, j] - c[i, i]) * same
-            term = F.relu(delta + alpha) + F.relu(-delta - beta)
-            if bml_reduction == "all" or same:
-                bml_terms.append(term)
-            masked_count += int(same)
+        same = (nearest == nearest[i]).float()
+        same[i] = 0.0
+        delta = (c[i] - c[i, i]) * same
+        terms = F.relu(delta + alpha) + F.relu(-delta - beta)
+        bml_sum = bml_sum + (terms.sum() if bml_reduction == "all" else (terms * same).sum())
+        masked_count += int(same.sum())
     ce = torch.stack(ce_terms).mean()
     if bml_reduction == "all":
-        bml = torch.stack(bml_terms).mean()
+        bml = bml_sum / (n * n)
     else:
-        bml = torch.stack(bml_terms).sum() / masked_count if masked_count else c.new_zeros(())
+        bml = bml_sum / masked_count if masked_count else c.new_zeros(())
     return {"loss": ce + bml_weight * bml, "ce": ce, "bml": bml, "centroids": centroids}
 
 

@@ -28,7 +28,7 @@ from bundle.networks.reconstruction_decoder import (
     ViTReconstructionDecoder,
     mask_image_tokens,
 )
-from bundle.networks.sentence_features import gather_sentences
+from bundle.networks.sentence_features import sentence_means, sentence_tokens
 from bundle.networks.text_encoder import TextEncoder
 
 
@@ -227,8 +227,9 @@ class CMCGNS(nn.Module):
         """Everything after the encoders (projections, sentence features, attention, all losses)."""
         image_tokens = F.normalize(self.local_image_projection(local_features), dim=-1)
         image_global = F.normalize(self.global_image_projection(global_feature), dim=-1)
-        token_embed = F.normalize(self.local_text_projection(token_features), dim=-1)
-        sentences, valid = gather_sentences(token_embed, sentence_index)
+        # Only tokens inside a sentence reach a loss ([CLS], [SEP] and padding do not): project just those.
+        token_embed = F.normalize(self.local_text_projection(sentence_tokens(token_features, sentence_index)), dim=-1)
+        sentences, valid = sentence_means(token_embed, sentence_index)
         report_global = F.normalize(self.sentence_pool(sentences, valid), dim=-1)
 
         attention = self.cross_attention(image_tokens, sentences, valid)
