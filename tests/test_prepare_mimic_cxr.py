@@ -96,7 +96,8 @@ def test_cli_pretraining_manifest(prepared):
     assert items["d01"]["image"] == "../src/files/p10/p10000032/s50000001/d01.jpg"
     report = items["d01"]["report"]
     assert report == reports.report_from_sections(reports.extract_sections(REPORT)) == items["d03"]["report"]
-    assert report.index("No acute cardiopulmonary") < report.index("There is no focal consolidation")   # IMPRESSION first
+    # IMPRESSION first, then FINDINGS
+    assert report.index("No acute cardiopulmonary") < report.index("There is no focal consolidation")
     assert "INDICATION" not in report and "ascites" not in report
     assert "Mild cardiomegaly" in items["d04"]["report"]
     assert "fractions" not in manifest["meta"]

@@ -51,7 +51,9 @@ def map_labels(row: dict[str, str], policy: dict[str, float]) -> list[float]:
 def image_relpath(csv_path_value: str) -> PurePosixPath:
     """The image path inside the CheXpert folder: the CSV's Path starts with the folder name, which is dropped."""
     parts = PurePosixPath(csv_path_value.replace("\\", "/")).parts
-    return PurePosixPath(*parts[1:]) if parts and parts[0].lower().startswith("chexpert-v1.0") else PurePosixPath(*parts)
+    if parts and parts[0].lower().startswith("chexpert-v1.0"):
+        parts = parts[1:]
+    return PurePosixPath(*parts)
 
 
 def read_split(csv_path: Path, src: Path, out: Path, policy: dict[str, float], check_images: bool,

@@ -300,7 +300,8 @@ def format_summary(summary: dict, summary_path: Path) -> str:
              f"script {summary['script_version']}) =="]
     for name, entry in summary["manifests"].items():
         lines.append(f"manifest {entry['path']} ({entry['task']})")
-        for split, s in list(entry["splits"].items()) + [(f"fraction {k}", v) for k, v in entry.get("fractions", {}).items()]:
+        rows = list(entry["splits"].items()) + [(f"fraction {k}", v) for k, v in entry.get("fractions", {}).items()]
+        for split, s in rows:
             classes = "  ".join(f"{c}={n}" for c, n in s.get("classes", {}).items())
             lines.append(f"  {split:<15} {s['count']:>8}  sha256 {s['sha256'][:16]}  {classes}".rstrip())
     skipped = summary["skipped"]

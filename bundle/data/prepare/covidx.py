@@ -44,7 +44,8 @@ def parse_list_file(path: Path, image_dir: Path, skips: SkipLog) -> list[CovidxR
             if not fields:
                 continue
             if len(fields) < 4:
-                skips.skip("malformed list row", f"{path.name}:{line_number}", f"{len(fields)} fields: {line.strip()!r}")
+                skips.skip("malformed list row", f"{path.name}:{line_number}",
+                           f"{len(fields)} fields: {line.strip()!r}")
                 continue
             filename = " ".join(fields[1:-2])
             if len(fields) > 4 and not (image_dir / filename).is_file():

@@ -70,7 +70,9 @@ def clip_box(box: list[float], height: int, width: int) -> list[float] | None:
 
 
 def read_annotation_csv(csv_path: Path) -> tuple[dict[str, str], dict[str, int]]:
-    """({image file name: annotation}, {name: rows} of identical duplicate rows); accepts the `image_name` (release) or `image_path` (README) column."""
+    """({image file name: annotation}, {name: row count} of identically repeated rows).
+
+    Accepts the `image_name` column (the release) or `image_path` (the challenge README)."""
     with open(csv_path, encoding="utf-8") as f:
         header = [h.strip() for h in f.readline().split(",")]
     name_column = "image_name" if "image_name" in header else "image_path"

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bundle.data.prepare.common import (
-    LOG, ManifestOutput, PreparationError, PreparationReport, SkipLog, make_parser, progress, read_csv_rows, record_arguments,
-    relative_path, require_file, run_main, stratified_group_split, write_outputs)
+    LOG, ManifestOutput, PreparationError, PreparationReport, SkipLog, make_parser, progress, read_csv_rows,
+    record_arguments, relative_path, require_file, run_main, stratified_group_split, write_outputs)
 from bundle.data.prepare.masks import dicom_size, rasterise_boxes, write_mask_png
 
 CLASS_NAMES = ["pneumonia"]

@@ -51,7 +51,8 @@ def index_dicoms(images_dir: Path) -> dict[str, Path]:
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser("siim", __doc__.splitlines()[0])
     parser.add_argument("--rle_csv", type=Path, help="train-rle.csv (default: SRC/train-rle.csv)")
-    parser.add_argument("--images", type=Path, help="DICOM folder, searched recursively (default: SRC/dicom-images-train)")
+    parser.add_argument("--images", type=Path,
+                        help="DICOM folder, searched recursively (default: SRC/dicom-images-train)")
     parser.add_argument("--val_fraction", type=float, default=0.15)
     parser.add_argument("--test_fraction", type=float, default=0.15)
     parser.add_argument("--no_balance", action="store_true",
