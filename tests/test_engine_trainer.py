@@ -192,3 +192,18 @@ def test_mixed_precision_on_cuda_trains(amp_dtype):
     assert (trainer.scaler is not None) == (amp_dtype == "float16")
     assert np_isfinite(trainer.state.output["loss"])
     assert any(not torch.equal(p, b) for p, b in zip(model.parameters(), before))
+
+
+def test_logging_handlers_accept_a_skipped_batch(tmp_path):
+    from monai.handlers import StatsHandler, TensorBoardStatsHandler
+
+    from bundle.engines.progress import ProgressBarHandler, TrainingHistoryWriter, read_history, training_scalars
+
+    batches = [make_batch(["a", "b"]), make_batch(["e1", "e2"], num_sentences=[0, 0]), make_batch(["c", "d"], seed=1)]
+    handlers = [StatsHandler(iteration_log=1, output_transform=training_scalars),
+                TensorBoardStatsHandler(log_dir=str(tmp_path / "tb"), output_transform=training_scalars),
+                ProgressBarHandler(), TrainingHistoryWriter(str(tmp_path / "history.jsonl"))]
+    trainer = make_trainer(StandInModel(), batches, train_handlers=handlers)
+    trainer.run()
+    train, _ = read_history(str(tmp_path / "history.jsonl"))
+    assert [r["iteration"] for r in train] == [1, 3] and trainer.state.skipped_batches == 1
