@@ -81,3 +81,13 @@ def test_skip_log_counts_and_strict_raises():
 def test_relative_path_is_posix_and_relative_to_out(tmp_path):
     assert relative_path(tmp_path / "src" / "a b" / "x.dcm", tmp_path / "out") == "../src/a b/x.dcm"
     assert relative_path(tmp_path / "files" / "x.jpg", tmp_path) == "files/x.jpg"
+
+
+def test_split_proportions_leave_training_the_rest():
+    from bundle.data.prepare.common import split_proportions
+
+    assert split_proportions(validation=0.15, test=0.15) == pytest.approx({"training": 0.7, "validation": 0.15,
+                                                                           "test": 0.15})
+    for bad in ({"validation": 0.6, "test": 0.4}, {"validation": -0.1}):
+        with pytest.raises(PreparationError, match="held-out fractions"):
+            split_proportions(**bad)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from bundle.data.label_fractions import DEFAULT_FRACTIONS, fraction_key, nested_fraction_subsets, seeded_order_key
 
@@ -66,7 +67,8 @@ def run_main(prepare: Callable[[argparse.Namespace], dict], parser: argparse.Arg
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     try:
-        prepare(args)
+        with logging_redirect_tqdm():   # log lines above the progress bar instead of through it
+            prepare(args)
     except PreparationError as error:
         LOG.error("%s", error)
         return 2
@@ -173,6 +175,14 @@ def allocate_counts(n: int, proportions: Mapping[str, float]) -> dict[str, int]:
     for name in by_remainder[: n - sum(counts.values())]:
         counts[name] += 1
     return counts
+
+
+def split_proportions(**fractions: float) -> dict[str, float]:
+    """{"training": rest, name: fraction, ...} for the held-out fractions given; they must leave training > 0."""
+    held_out = {name: float(f) for name, f in fractions.items()}
+    if any(not 0.0 <= f < 1.0 for f in held_out.values()) or sum(held_out.values()) >= 1.0:
+        raise PreparationError(f"held-out fractions {held_out} must be in [0, 1) and sum to less than 1")
+    return {"training": 1.0 - sum(held_out.values()), **held_out}
 
 
 def stratified_group_split(group_strata: Mapping[str, Hashable], proportions: Mapping[str, float],

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from bundle.data.prepare.common import (
     LOG, ManifestOutput, PreparationError, PreparationReport, SkipLog, add_image_check_argument, make_parser,
-    progress, record_arguments, relative_path, require_file, run_main, stratified_group_split, write_outputs)
+    progress, record_arguments, relative_path, require_file, run_main, split_proportions, stratified_group_split,
+    write_outputs)
 
 SCHEMES = {
     "3-class (normal/pneumonia/COVID-19)": ["normal", "pneumonia", "COVID-19"],
@@ -119,7 +120,7 @@ def prepare(args: argparse.Namespace) -> dict:
         for item in items["train"]:
             patient_labels.setdefault(item["patient"], set()).add(item["label"])
         assignment = stratified_group_split({p: tuple(sorted(s)) for p, s in patient_labels.items()},
-                                            {"training": 1.0 - args.val_fraction, "validation": args.val_fraction},
+                                            split_proportions(validation=args.val_fraction),
                                             args.seed)
         splits = {"training": [], "validation": [], "test": items["test"]}
         for item in items["train"]:

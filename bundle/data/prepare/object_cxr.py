@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 
 from bundle.data.prepare.common import (
     LOG, ManifestOutput, PreparationError, PreparationReport, SkipLog, make_parser, progress, read_csv_rows,
-    record_arguments, relative_path, require_file, run_main, stratified_group_split, write_outputs)
+    record_arguments, relative_path, require_file, run_main, split_proportions, stratified_group_split, write_outputs)
 from bundle.data.prepare.masks import image_size
 
 CLASS_NAMES = ["foreign_object"]
@@ -136,7 +136,7 @@ def prepare(args: argparse.Namespace) -> dict:
     test_items = _load_split(src, "dev", out, skips, report)
     by_id = {item["id"]: item for item in train_items}
     assignment = stratified_group_split({i: bool(it["box"]) for i, it in by_id.items()},
-                                        {"training": 1.0 - args.val_fraction, "validation": args.val_fraction},
+                                        split_proportions(validation=args.val_fraction),
                                         args.seed)
     splits = {"training": [], "validation": [], "test": test_items}
     for item_id, item in by_id.items():

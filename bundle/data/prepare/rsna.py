@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bundle.data.prepare.common import (
     LOG, ManifestOutput, PreparationError, PreparationReport, SkipLog, make_parser, progress, read_csv_rows,
-    record_arguments, relative_path, require_file, run_main, stratified_group_split, write_outputs)
+    record_arguments, relative_path, require_file, run_main, split_proportions, stratified_group_split, write_outputs)
 from bundle.data.prepare.masks import dicom_size, rasterise_boxes, write_mask_png
 
 CLASS_NAMES = ["pneumonia"]
@@ -111,8 +111,7 @@ def prepare(args: argparse.Namespace) -> dict:
         1 for name in os.listdir(images_dir) if name.endswith(".dcm") and name not in listed)
     report.notes["boxes"] = sum(len(v[2]) for v in usable.values())
 
-    proportions = {"training": 1.0 - args.val_fraction - args.test_fraction,
-                   "validation": args.val_fraction, "test": args.test_fraction}
+    proportions = split_proportions(validation=args.val_fraction, test=args.test_fraction)
     assignment = stratified_group_split({pid: v[1] for pid, v in usable.items()}, proportions, args.seed)
     classification, detection, segmentation = ({s: [] for s in proportions} for _ in range(3))
     for pid in progress(sorted(usable), desc="rsna items"):

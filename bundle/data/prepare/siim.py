@@ -18,7 +18,8 @@ from pathlib import Path
 
 from bundle.data.prepare.common import (
     LOG, ManifestOutput, PreparationError, PreparationReport, SkipLog, make_parser, progress, read_csv_rows,
-    record_arguments, relative_path, require_file, run_main, seeded_sample, stratified_group_split, write_outputs)
+    record_arguments, relative_path, require_file, run_main, seeded_sample, split_proportions, stratified_group_split,
+    write_outputs)
 from bundle.data.prepare.masks import dicom_size, write_mask_png
 from bundle.data.prepare.rle import EMPTY, RLEError, decode_union
 
@@ -98,8 +99,7 @@ def prepare(args: argparse.Namespace) -> dict:
     report.notes["dicoms_without_rle_rows"] = len(set(dicoms) - set(rles))
     report.notes["rle_rows_of_usable_positive_images"] = sum(len(rles[i]) for i, v in usable.items() if v[1])
 
-    proportions = {"training": 1.0 - args.val_fraction - args.test_fraction,
-                   "validation": args.val_fraction, "test": args.test_fraction}
+    proportions = split_proportions(validation=args.val_fraction, test=args.test_fraction)
     assignment = stratified_group_split({i: v[1] for i, v in usable.items()}, proportions, args.seed)
     if not args.no_balance:
         train_pos = [i for i in usable if assignment[i] == "training" and usable[i][1]]
