@@ -92,3 +92,18 @@ def test_write_gray_has_rows_and_columns_in_order(tmp_path):
 def test_run_script_reports_a_bad_source_as_exit_code_2(tmp_path, capsys):
     pytest.importorskip("bundle.data.manifest")
     assert run_script("covidx", "--src", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")) == 2
+
+
+@pytest.mark.parametrize("dataset", ["mimic_cxr", "chexpert", "rsna", "siim", "covidx", "object_cxr"])
+def test_scripts_start_as_separate_processes_without_pythonpath(dataset):
+    """`python scripts/prepare_<dataset>.py --help` works from anywhere: the script puts the bundle root on sys.path."""
+    import os
+    import subprocess
+
+    if dataset == "mimic_cxr":   # its module imports the report parser of bundle.data.reports
+        pytest.importorskip("bundle.data.reports")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, str(BUNDLE_ROOT / "scripts" / f"prepare_{dataset}.py"), "--help"],
+                            capture_output=True, text=True, env=env, cwd="/", timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "--src" in result.stdout and "--out" in result.stdout and "--strict" in result.stdout

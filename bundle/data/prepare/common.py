@@ -272,11 +272,11 @@ def write_outputs(out_dir: Path, report: PreparationReport, outputs: Sequence[Ma
     from bundle.data.manifest import write_manifest
 
     manifest_dir = Path(out_dir) / "manifests"
-    manifest_dir.mkdir(parents=True, exist_ok=True)
     summary = {"dataset": report.dataset, "source": report.source, "seed": report.seed,
                "script_version": SCRIPT_VERSION, "arguments": report.arguments,
                "skipped": report.skips.as_dict(), "filtered": dict(sorted(report.filtered.items())),
                "notes": report.notes, "manifests": {}}
+    prepared = []   # everything is checked before the first file is written: no half-written output on an error
     for output in outputs:
         splits = {name: list(output.splits.get(name, [])) for name in SPLITS}
         unknown = set(output.splits) - set(SPLITS)
@@ -297,8 +297,11 @@ def write_outputs(out_dir: Path, report: PreparationReport, outputs: Sequence[Ma
             by_id = {item["id"]: item for item in splits["training"]}
             entry["fractions"] = {fraction_key(f): _split_summary([by_id[i] for i in ids], output.classes_of)
                                   for f, ids in subsets.items()}
-        write_manifest(manifest_dir / f"{output.name}.json", splits, meta)
+        prepared.append((output.name, splits, meta))
         summary["manifests"][output.name] = entry
+    manifest_dir.mkdir(parents=True, exist_ok=True)
+    for name, splits, meta in prepared:
+        write_manifest(manifest_dir / f"{name}.json", splits, meta)
     summary_path = manifest_dir / f"summary_{report.dataset}.json"
     summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     print(format_summary(summary, summary_path))
