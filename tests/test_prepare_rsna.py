@@ -107,11 +107,19 @@ def test_fractions_are_nested_and_identical_across_manifests(prepared):
 
 
 def test_manifests_load_through_the_bundle_loader(prepared):
+    from bundle.data.image_io import load_radiograph
+    from bundle.data.label_fractions import load_fraction
     from bundle.data.manifest import load_manifest
 
     root, _ = prepared
-    items = load_manifest(str(root / "out" / "manifests" / "segmentation.json"), "training")
-    assert len(items) == 7 and all(Path(it["image"]).is_file() for it in items)
+    path = root / "out" / "manifests" / "segmentation.json"
+    items = load_manifest(str(path), "training")
+    assert len(items) == 7 and all(Path(it["image"]).is_file() and Path(it["label"]).is_file() for it in items)
+    subset = load_fraction(str(path), 0.01)
+    assert [it["id"] for it in subset] == load_json(path)["meta"]["fractions"]["0.01"]
+    assert Path(subset[0]["image"]).is_absolute() and Path(subset[0]["label"]).is_file()
+    image = load_radiograph(items[0]["image"])   # the bundle reads the original DICOM the manifest points at
+    assert image.shape == (ROWS, COLS)
 
 
 def test_rerun_is_byte_identical(prepared):

@@ -16,7 +16,6 @@ next; every fraction keeps at least one item.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 
@@ -136,9 +135,8 @@ def select_fraction(items: Sequence[dict], meta: Mapping, fraction: float) -> li
 
 def load_fraction(manifest_path: str, fraction: float, dataset_dir: str | None = None, check_files: bool = True):
     """The "training" items of a manifest restricted to label fraction `fraction` (paths resolved by load_manifest)."""
-    from bundle.data.manifest import load_manifest
+    from bundle.data.manifest import load_manifest, read_manifest
 
-    with open(manifest_path, encoding="utf-8") as f:
-        meta = json.load(f).get("meta", {})
+    meta = read_manifest(manifest_path).get("meta", {})
     items = load_manifest(manifest_path, "training", dataset_dir=dataset_dir, check_files=check_files)
     return select_fraction(items, meta, fraction)
