@@ -76,6 +76,16 @@ def pretrain(out_dir: str, extra: list[str]) -> None:
         raise SystemExit(f"[demo] pretraining failed with exit code {result.returncode} (see the log above)")
 
 
+def override_value(extra: list[str], name: str, default: str) -> str:
+    """The value of a `--name value` / `--name=value` bundle override among the extra arguments, else default."""
+    for i, arg in enumerate(extra):
+        if arg == f"--{name}" and i + 1 < len(extra):
+            return os.path.join(ROOT, extra[i + 1])
+        if arg.startswith(f"--{name}="):
+            return os.path.join(ROOT, arg.split("=", 1)[1])
+    return default
+
+
 def final_retrieval(history: str) -> str:
     from bundle.engines.progress import read_history
 
@@ -109,8 +119,10 @@ def main(argv=None) -> int:
 
     from bundle.engines.plotting import plot_pretrain_curves
 
-    history = os.path.join(RUN_DIR, "history.jsonl")
-    png = os.path.join(RUN_DIR, "loss_curves.png")
+    run_dir = override_value(extra, "output_dir", RUN_DIR)
+    ckpt_dir = override_value(extra, "ckpt_dir", CKPT_DIR)
+    history = os.path.join(run_dir, "history.jsonl")
+    png = os.path.join(run_dir, "loss_curves.png")
     if os.path.isfile(history):
         plot_pretrain_curves(history, png, title="CM-CGNS demo pretraining")
     else:
@@ -118,10 +130,10 @@ def main(argv=None) -> int:
         print(f"[demo] no {history}: no loss curves to plot")
     times["total"] = time.time() - start
     print("[demo] done in {total:.0f} s (data {data:.0f} s, pretraining {pretraining:.0f} s)".format(**times))
-    for label, path in (("exported image encoder", os.path.join(CKPT_DIR, "image_encoder.pt")),
-                        ("exported pretraining model", os.path.join(CKPT_DIR, "model.pt")),
-                        ("resumable checkpoint", os.path.join(CKPT_DIR, "last.pt")),
-                        ("TensorBoard logs", RUN_DIR), ("loss curves", png)):
+    for label, path in (("exported image encoder", os.path.join(ckpt_dir, "image_encoder.pt")),
+                        ("exported pretraining model", os.path.join(ckpt_dir, "model.pt")),
+                        ("resumable checkpoint", os.path.join(ckpt_dir, "last.pt")),
+                        ("TensorBoard logs", run_dir), ("loss curves", png)):
         if path and os.path.exists(path):
             print(f"[demo] {label}: {os.path.relpath(path, ROOT)}")
     if os.path.isfile(history):
