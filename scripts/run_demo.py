@@ -135,7 +135,8 @@ def main(argv=None) -> int:
                         ("resumable checkpoint", os.path.join(ckpt_dir, "last.pt")),
                         ("TensorBoard logs", run_dir), ("loss curves", png)):
         if path and os.path.exists(path):
-            print(f"[demo] {label}: {os.path.relpath(path, ROOT)}")
+            shown = os.path.relpath(path, ROOT) if os.path.abspath(path).startswith(ROOT + os.sep) else path
+            print(f"[demo] {label}: {shown}")
     if os.path.isfile(history):
         print(f"[demo] final validation retrieval top-1: {final_retrieval(history)}")
     return 0
