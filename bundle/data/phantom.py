@@ -146,8 +146,10 @@ class PhantomRenderer:
     def __init__(self, findings: list[Finding], size: int, rng: np.random.Generator):
         self.findings = findings
         self.size = size
-        self.rng = rng
-        self.f = Frame(size, rng)
+        # three independent streams: a finding's draws never shift the anatomy or the noise, so the same seed
+        # gives the same patient with and without a finding (tests compare such pairs pixel by pixel)
+        self.rng, self.frng, self.nrng = rng.spawn(3)
+        self.f = Frame(size, self.rng)
         self.by_class: dict[str, list[Finding]] = {}
         for finding in findings:
             self.by_class.setdefault(finding.cls, []).append(finding)
@@ -158,7 +160,16 @@ class PhantomRenderer:
 
     # -- helpers
     def u(self, lo: float, hi: float) -> float:
+        """An anatomy draw."""
         return float(self.rng.uniform(lo, hi))
+
+    def fu(self, lo: float, hi: float) -> float:
+        """A finding draw."""
+        return float(self.frng.uniform(lo, hi))
+
+    def nu(self, lo: float, hi: float) -> float:
+        """An exposure / noise draw."""
+        return float(self.nrng.uniform(lo, hi))
 
     def sides(self, finding: Finding) -> list[int]:
         """Image-side signs (-1 = image left = patient right) for a finding's side qualifier (random if none)."""
@@ -168,7 +179,7 @@ class PhantomRenderer:
             return [-1]
         if finding.side == "left":
             return [1]
-        return [int(self.rng.choice([-1, 1]))]
+        return [int(self.frng.choice([-1, 1]))]
 
     def add_mask(self, cls: str, mask) -> None:
         self.masks[cls] = self.masks[cls] | mask if cls in self.masks else mask
@@ -226,9 +237,9 @@ class PhantomRenderer:
         if "scoliosis" not in self.by_class:
             return np.zeros_like(Y)
         self.drawn.add("scoliosis")
-        amp = self.u(0.09, 0.16) * float(self.rng.choice([-1, 1]))
+        amp = self.fu(0.09, 0.16) * float(self.frng.choice([-1, 1]))
         t = np.clip((Y + 0.15) * (1.0 / 1.25), 0.0, 1.0)
-        if self.rng.random() < 0.5:
+        if self.frng.random() < 0.5:
             self.details["scoliosis"] = "C"
             return amp * 4.0 * t * (1.0 - t)
         self.details["scoliosis"] = "S"
@@ -293,8 +304,8 @@ class PhantomRenderer:
         if not fr:
             return None
         s = self.sides(fr[0])[0]
-        step = self.u(0.04, 0.055) * float(self.rng.choice([-1, 1]))
-        return int(self.rng.integers(3, 8)), s, self.u(0.5, 0.78), step
+        step = self.fu(0.04, 0.055) * float(self.frng.choice([-1, 1]))
+        return int(self.frng.integers(3, 8)), s, self.fu(0.5, 0.78), step
 
     def markings(self):
         """Vessel-like branching lines (contours of smooth noise), denser towards the hila."""
@@ -309,7 +320,7 @@ class PhantomRenderer:
     # -- findings
     def pick_point(self, s: int, zone: str | None, margin: float = 0.8) -> tuple[float, float]:
         """A point (body units) inside the visible lung of side s in the zone (random where none is named)."""
-        zone = zone or str(self.rng.choice(["upper", "middle", "lower"]))
+        zone = zone or str(self.frng.choice(["upper", "middle", "lower"]))
         lcx, ax, lcy, ay, base = self.lcx[s]
         ranges = {"upper": (0.06, 0.36), "middle": (0.36, 0.6), "lower": (0.6, base - 0.06),
                   "hilum": (0.38, 0.52), "retrocardiac": (self.hy - 0.08, self.hy + 0.08)}
@@ -317,12 +328,12 @@ class PhantomRenderer:
         best, best_score = None, -1.0
         for _ in range(40):
             if zone == "hilum":
-                X = s * self.u(0.2, 0.32)
+                X = s * self.fu(0.2, 0.32)
             elif zone == "retrocardiac":
-                X = self.hx + self.u(0.0, 0.5 * self.ha)
+                X = self.hx + self.fu(0.0, 0.5 * self.ha)
             else:
-                X = s * self.u(0.2, 0.9)
-            Y = self.u(y_lo, max(y_hi, y_lo + 0.02))
+                X = s * self.fu(0.2, 0.9)
+            Y = self.fu(y_lo, max(y_hi, y_lo + 0.02))
             idx = self.f.pixel_index(X, Y)
             if idx is None:
                 continue
@@ -345,12 +356,12 @@ class PhantomRenderer:
     def effusions(self):
         replaced = np.zeros_like(self.f.X)
         for finding in self.by_class.get("pleural_effusion", []):
-            height = {"mild": 0.11, "moderate": 0.2, "severe": 0.32}.get(finding.severity, self.u(0.11, 0.25))
+            height = {"mild": 0.11, "moderate": 0.2, "severe": 0.32}.get(finding.severity, self.fu(0.11, 0.25))
             for s in self.sides(finding):
                 lcx, ax, lcy, ay, base = self.lcx[s]
                 X, Y = self.f.X, self.f.Y
                 lateral = np.clip((np.abs(X) - 0.3) * (1.0 / 0.6), 0.0, 1.0)
-                meniscus = base - height - self.u(0.08, 0.14) * lateral * lateral
+                meniscus = base - height - self.fu(0.08, 0.14) * lateral * lateral
                 fluid = smoothstep(-0.012, 0.012, Y - meniscus) * self.shape[s]
                 replaced = np.maximum(replaced, fluid)
                 mask = (fluid > 0.5) & (Y <= self.dome[s] + 0.04) & (self.heart < 0.5)
@@ -367,14 +378,14 @@ class PhantomRenderer:
                 for _ in range(2 if finding.multiple else 1):
                     X0, Y0 = self.pick_point(s, finding.zone)
                     px, py = f.to_pixel(X0, Y0)
-                    radius = self.size * ({"mild": self.u(0.04, 0.06), "severe": self.u(0.08, 0.11)}
-                                          .get(finding.severity, self.u(0.05, 0.09)))
+                    radius = self.size * ({"mild": self.fu(0.04, 0.06), "severe": self.fu(0.08, 0.11)}
+                                          .get(finding.severity, self.fu(0.05, 0.09)))
                     field_ = np.zeros_like(f.X)
-                    for _ in range(int(self.rng.integers(4, 8))):
-                        bx, by = px + self.u(-0.6, 0.6) * radius, py + self.u(-0.45, 0.45) * radius
-                        sig = radius * self.u(0.45, 0.7)
+                    for _ in range(int(self.frng.integers(4, 8))):
+                        bx, by = px + self.fu(-0.6, 0.6) * radius, py + self.fu(-0.45, 0.45) * radius
+                        sig = radius * self.fu(0.45, 0.7)
                         field_ = field_ + bump((f.xx - bx) ** 2 + (f.yy - by) ** 2, sig * sig)
-                    texture = value_noise(self.rng, self.size, 24)
+                    texture = value_noise(self.frng, self.size, 24)
                     opacity = smoothstep(0.3, 0.85, field_ * (0.65 + 0.7 * texture)) * self.lung[s] * \
                         (1.0 - 0.7 * self.heart)
                     mask = opacity > 0.5
@@ -390,14 +401,14 @@ class PhantomRenderer:
         f = self.f
         for finding in self.by_class.get("atelectasis", []):
             for s in self.sides(finding):
-                zone = finding.zone or ("lower" if self.rng.random() < 0.8 else None)
+                zone = finding.zone or ("lower" if self.frng.random() < 0.8 else None)
                 X0, Y0 = self.pick_point(s, zone)
                 px, py = f.to_pixel(X0, Y0)
-                half = 0.5 * self.size * self.u(0.08, 0.14)
-                tilt = self.u(-0.3, 0.3)
+                half = 0.5 * self.size * self.fu(0.08, 0.14)
+                tilt = self.fu(-0.3, 0.3)
                 norm = 1.0 / np.sqrt(1.0 + tilt * tilt)
                 p0, p1 = (px - half * norm, py - half * tilt * norm), (px + half * norm, py + half * tilt * norm)
-                thick = max(self.size * self.u(0.007, 0.011), 1.2)
+                thick = max(self.size * self.fu(0.007, 0.011), 1.2)
                 band = smoothstep(thick + 0.8, thick - 0.8, segment_distance(f.xx, f.yy, p0, p1)) * self.lung[s]
                 mask = band > 0.5
                 if mask.any():
@@ -412,17 +423,17 @@ class PhantomRenderer:
         for cls in ("nodule_mass", "calcified_granuloma"):
             for finding in self.by_class.get(cls, []):
                 calcified = cls == "calcified_granuloma"
-                count = int(self.rng.integers(2, 5)) if finding.multiple else 1
+                count = int(self.frng.integers(2, 5)) if finding.multiple else 1
                 for s in self.sides(finding):
                     for _ in range(count):
                         X0, Y0 = self.pick_point(s, finding.zone, margin=0.9)
                         px, py = f.to_pixel(X0, Y0)
                         if calcified:
-                            r, edge, amp = max(self.size * self.u(0.011, 0.017), 2.0), 0.5, 0.95
+                            r, edge, amp = max(self.size * self.fu(0.011, 0.017), 2.0), 0.5, 0.95
                         elif finding.detail == "mass":
-                            r, edge, amp = self.size * self.u(0.05, 0.075), 1.5, 0.45
+                            r, edge, amp = self.size * self.fu(0.05, 0.075), 1.5, 0.45
                         else:
-                            r, edge, amp = max(self.size * self.u(0.022, 0.035), 3.0), 1.0, 0.42
+                            r, edge, amp = max(self.size * self.fu(0.022, 0.035), 3.0), 1.0, 0.42
                         dist = np.sqrt((f.xx - px) ** 2 + (f.yy - py) ** 2)
                         disc = smoothstep(r + edge, r - edge, dist)
                         density = density + amp * disc
@@ -439,7 +450,7 @@ class PhantomRenderer:
         collapsed = np.zeros_like(self.f.X)
         X, Y = self.f.X, self.f.Y
         for finding in self.by_class.get("pneumothorax", []):
-            depth = {"mild": 0.12, "moderate": 0.2, "severe": 0.3}.get(finding.severity, self.u(0.12, 0.24))
+            depth = {"mild": 0.12, "moderate": 0.2, "severe": 0.3}.get(finding.severity, self.fu(0.12, 0.24))
             for s in self.sides(finding):
                 lcx, ax, lcy, ay, base = self.lcx[s]
                 k = 1.0 - depth
@@ -466,10 +477,10 @@ class PhantomRenderer:
         for s in (-1, 1):
             haze = np.maximum(haze, amp * bump((X - s * 0.3) ** 2 + 0.5 * (Y - 0.5) ** 2, 0.1))
             base = self.lcx[s][4]
-            for _ in range(int(self.rng.integers(4, 7))):
-                yk = base - self.u(0.06, 0.28)
-                x_out = s * self.u(0.82, 0.9)
-                p0, p1 = self.f.to_pixel(x_out, yk), self.f.to_pixel(x_out - s * self.u(0.07, 0.12), yk)
+            for _ in range(int(self.frng.integers(4, 7))):
+                yk = base - self.fu(0.06, 0.28)
+                x_out = s * self.fu(0.82, 0.9)
+                p0, p1 = self.f.to_pixel(x_out, yk), self.f.to_pixel(x_out - s * self.fu(0.07, 0.12), yk)
                 kerley = np.maximum(kerley, smoothstep(1.4, 0.4, segment_distance(self.f.xx, self.f.yy, p0, p1)))
         self.drawn.add("edema")
         return haze, kerley
@@ -484,7 +495,7 @@ class PhantomRenderer:
             wire = max(0.0045 * self.size, 0.9)
             if kind == "pacemaker":
                 s = s or 1
-                gx, gy = f.to_pixel(s * self.u(0.55, 0.7), self.u(-0.08, 0.05))
+                gx, gy = f.to_pixel(s * self.fu(0.55, 0.7), self.fu(-0.08, 0.05))
                 hx_, hy_ = 0.032 * self.size, 0.022 * self.size
                 box = np.minimum(hx_ - np.abs(f.xx - gx), hy_ - np.abs(f.yy - gy))
                 density = density + 1.3 * smoothstep(-0.8, 0.8, box)
@@ -494,13 +505,13 @@ class PhantomRenderer:
                 x0 = 0.3 * float(self.spine_center[min(max(int(f.to_pixel(0, 0.1)[1]), 0), self.size - 1),
                                                    self.size // 2])
                 for off in (-0.018, 0.018):
-                    p0, p1 = f.to_pixel(x0 + off, -0.6), f.to_pixel(x0 + off, self.u(0.15, 0.25))
+                    p0, p1 = f.to_pixel(x0 + off, -0.6), f.to_pixel(x0 + off, self.fu(0.15, 0.25))
                     density = density + 0.7 * smoothstep(wire + 0.5, wire - 0.5,
                                                          segment_distance(f.xx, f.yy, p0, p1))
             elif kind in ("clips", "valve"):
                 if kind == "valve" or finding.side is None:    # sternotomy wires down the midline (or a valve)
-                    for i in range(int(self.rng.integers(4, 7))):
-                        cx_, cy_ = f.to_pixel(self.u(-0.02, 0.02), 0.12 + i * self.u(0.09, 0.11))
+                    for i in range(int(self.frng.integers(4, 7))):
+                        cx_, cy_ = f.to_pixel(self.fu(-0.02, 0.02), 0.12 + i * self.fu(0.09, 0.11))
                         r = np.sqrt((f.xx - cx_) ** 2 + (f.yy - cy_) ** 2)
                         ring = 0.012 * self.size + 1.0
                         density = density + 1.1 * smoothstep(1.2, 0.4, np.abs(r - ring))
@@ -509,16 +520,16 @@ class PhantomRenderer:
                         r = np.sqrt((f.xx - cx_) ** 2 + (f.yy - cy_) ** 2)
                         density = density + 1.1 * smoothstep(1.4, 0.5, np.abs(r - 0.025 * self.size))
                 else:                                           # a cluster of surgical clips on the named side
-                    cx0, cy0 = f.to_pixel(s * self.u(0.3, 0.6), self.u(0.2, 0.7))
-                    for _ in range(int(self.rng.integers(3, 6))):
-                        cx_, cy_ = cx0 + self.u(-0.04, 0.04) * self.size, cy0 + self.u(-0.04, 0.04) * self.size
+                    cx0, cy0 = f.to_pixel(s * self.fu(0.3, 0.6), self.fu(0.2, 0.7))
+                    for _ in range(int(self.frng.integers(3, 6))):
+                        cx_, cy_ = cx0 + self.fu(-0.04, 0.04) * self.size, cy0 + self.fu(-0.04, 0.04) * self.size
                         box = np.minimum(0.006 * self.size + 0.6 - np.abs(f.xx - cx_),
                                          0.014 * self.size + 0.6 - np.abs(f.yy - cy_))
                         density = density + 1.2 * smoothstep(-0.6, 0.6, box)
             else:                                               # central venous catheter into the SVC
-                s = s or int(self.rng.choice([-1, 1]))
-                pts = quadratic_curve(f.to_pixel(s * self.u(0.6, 0.8), -0.16), f.to_pixel(s * 0.15, -0.02),
-                                      f.to_pixel(self.u(-0.08, -0.02), self.u(0.32, 0.45)))
+                s = s or int(self.frng.choice([-1, 1]))
+                pts = quadratic_curve(f.to_pixel(s * self.fu(0.6, 0.8), -0.16), f.to_pixel(s * 0.15, -0.02),
+                                      f.to_pixel(self.fu(-0.08, -0.02), self.fu(0.32, 0.45)))
                 density = density + 0.8 * smoothstep(wire + 0.6, wire - 0.6, polyline_distance(f.xx, f.yy, pts))
             kinds.append(kind)
         if kinds:
@@ -531,11 +542,11 @@ class PhantomRenderer:
         if "hiatal_hernia" not in self.by_class:
             return np.zeros_like(f.X)
         severity = self.by_class["hiatal_hernia"][0].severity
-        r = self.size * ({"mild": 0.03, "severe": 0.055}.get(severity, self.u(0.035, 0.05)))
-        bx, by = f.to_pixel(self.hx + self.u(-0.05, 0.05), self.hy + self.u(0.0, 0.06))
+        r = self.size * ({"mild": 0.03, "severe": 0.055}.get(severity, self.fu(0.035, 0.05)))
+        bx, by = f.to_pixel(self.hx + self.fu(-0.05, 0.05), self.hy + self.fu(0.0, 0.06))
         dist = np.sqrt((f.xx - bx) ** 2 + (f.yy - by) ** 2)
         inside = smoothstep(r + 0.8, r - 0.8, dist)
-        level = by + self.u(-0.1, 0.3) * r
+        level = by + self.fu(-0.1, 0.3) * r
         gas = inside * smoothstep(level + 0.6, level - 0.6, f.yy)
         wall = smoothstep(1.5, 0.5, np.abs(dist - r))
         self.drawn.add("hiatal_hernia")
@@ -543,7 +554,7 @@ class PhantomRenderer:
 
     # -- composition
     def render(self) -> Phantom:
-        u, f = self.u, self.f
+        u, f = self.nu, self.f
         self.anatomy()
         bone_density = self.bones()
         markings = self.markings()
@@ -577,9 +588,9 @@ class PhantomRenderer:
         bright = density / (density + k) * ((1.8 + k) / 1.8)
         c = u(1.6, 2.6)
         bright = bright / (bright + c * (1.0 - bright) + 1e-6)
-        bright = binomial_blur(bright, int(self.rng.integers(0, 3)))
+        bright = binomial_blur(bright, int(self.nrng.integers(0, 3)))
         sigma = u(0.008, 0.028)
-        noise = self.rng.random((3,) + bright.shape).astype(F32)
+        noise = self.nrng.random((3,) + bright.shape).astype(F32)
         bright = bright + sigma * 2.0 * (noise[0] + noise[1] + noise[2] - 1.5)
         image = np.clip(np.floor(np.clip(bright, 0.0, 1.0) * 255.0 + 0.5), 0, 255).astype(np.uint8)
         label_map = np.zeros((self.size, self.size), np.uint8)
