@@ -249,3 +249,26 @@ def test_command_line_from_a_fresh_process(tmp_path):
     bad = subprocess.run(cmd[:2] + ["--out", str(tmp_path / "o2"), "--reports", str(tmp_path / "nope")],
                          capture_output=True, text=True, env=env, cwd=tmp_path)
     assert bad.returncode == 2 and "reports not found" in bad.stderr
+
+
+def test_mesh_terms_map_to_findings_with_qualifiers():
+    from bundle.data.demo_classes import mesh_to_finding
+
+    f = mesh_to_finding("Costophrenic Angle/right/blunted")
+    assert (f.cls, f.side, f.severity) == ("pleural_effusion", "right", "mild")
+    f = mesh_to_finding("Calcinosis/lung/hilum/lymph nodes/right")
+    assert (f.cls, f.side, f.zone) == ("calcified_granuloma", "right", "hilum")
+    f = mesh_to_finding("Density/lung/middle lobe/right/round")
+    assert (f.cls, f.zone) == ("nodule_mass", "middle")
+    f = mesh_to_finding("Implanted Medical Device/left")
+    assert (f.cls, f.detail, f.side) == ("support_devices", "pacemaker", "left")
+    f = mesh_to_finding("Opacity/lung/base/bilateral/patchy/multiple")
+    assert (f.cls, f.side, f.zone, f.multiple) == ("lung_opacity", "bilateral", "lower", True)
+    assert mesh_to_finding("Lung/hypoinflation/mild").cls == "hypoinflation"
+    assert mesh_to_finding("Lung/hyperdistention").cls == "emphysema"
+    assert mesh_to_finding("Cardiac Shadow/enlarged/severe").severity == "severe"
+    for term in ("Cardiomegaly/borderline", "Pleural Effusion/borderline", "Calcinosis/aorta", "Spine/degenerative",
+                 "normal", "Technical Quality of Image Unsatisfactory "):
+        assert mesh_to_finding(term) is None, term
+    findings, not_drawn = findings_from_mesh(["normal", "Aorta/tortuous", "Scoliosis"])
+    assert [f.cls for f in findings] == ["scoliosis"] and not_drawn == ["Aorta/tortuous"]

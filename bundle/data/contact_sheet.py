@@ -17,6 +17,36 @@ SHEET_ORDER = ("cardiomegaly", "pleural_effusion", "lung_opacity", "atelectasis"
                "scoliosis", "hiatal_hernia", "hypoinflation")
 
 
+# words that locate the sentence about a drawn finding, so the snippet shows the report's own words for it
+KEYWORDS = {
+    "cardiomegaly": ("cardiomegaly", "heart", "cardiac"), "pleural_effusion": ("effusion", "costophrenic"),
+    "lung_opacity": ("opacit", "consolidat", "airspace", "pneumonia", "infiltrat", "density"),
+    "atelectasis": ("atelecta",), "nodule_mass": ("nodul", "mass", "granuloma", "density"),
+    "calcified_granuloma": ("granulom", "calcif"), "pneumothorax": ("pneumothorax",),
+    "emphysema": ("emphysema", "hyperexpan", "hyperinflat", "copd", "hyperlucen", "flatten", "obstructive"),
+    "edema": ("edema", "congestion", "vascula", "failure"),
+    "support_devices": ("pacemaker", "catheter", "tube", "clip", "sternotomy", "device", "wire", "port", "stent",
+                        "line", "valve"),
+    "fracture": ("fracture",), "scoliosis": ("scoliosis", "curvature"), "hiatal_hernia": ("hernia",),
+    "hypoinflation": ("volume", "hypoinflat", "inflation", "low lung"),
+}
+
+
+def snippet_for(report: str, drawn: list[str], limit: int) -> str:
+    """From the first non-negated sentence that names a drawn finding (else the start), about `limit` characters."""
+    sentences = [s.strip() for s in report.split(". ") if s.strip()]
+    start = 0
+    words = [w for cls in drawn for w in KEYWORDS.get(cls, ())]
+    for i, sentence in enumerate(sentences):
+        lower = sentence.lower()
+        if any(w in lower for w in words) and not lower.startswith(("no ", "there is no", "there are no")):
+            start = i
+            break
+    text = ". ".join(sentences[start:])
+    text = ("... " if start else "") + text
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _order(sample_id: str):
     report, _, variant = sample_id.rpartition("_")
     return (int(report), int(variant)) if report.isdigit() and variant.isdigit() else (10**12, 0)
@@ -76,8 +106,7 @@ def write_contact_sheet(dataset_dir, out_path, count: int = 16, snippet_chars: i
             ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False, lw=1.0, ec="tab:orange"))
             ax.text(x1, y1 - 2, CLASS_NAMES[label], color="tab:orange", fontsize=6)
         drawn = ", ".join(details[sid]["drawn"]) or "no drawn finding"
-        snippet = reports[sid]
-        snippet = snippet if len(snippet) <= snippet_chars else snippet[: snippet_chars - 3] + "..."
+        snippet = snippet_for(reports[sid], details[sid]["drawn"], snippet_chars)
         ax.set_title(f"{sid}: {drawn}", fontsize=8, fontweight="bold")
         ax.text(0.0, -0.02, "\n".join(textwrap.wrap(snippet, 52)), transform=ax.transAxes, fontsize=6.5,
                 va="top", ha="left", family="monospace")

@@ -133,8 +133,8 @@ def mesh_to_finding(term: str) -> Finding | None:
                   else "tube" if head == "tube, inserted"
                   else "clips" if head in ("surgical instruments", "sutures", "stents")
                   else "catheter")
-    if cls == "cardiomegaly" and severity == "borderline":
-        return None     # "borderline" is an upper-normal heart, not cardiomegaly: drawn with a normal ratio
+    if severity == "borderline":
+        return None     # "borderline" cardiomegaly / effusion is not a definite finding: not drawn, listed as such
     return Finding(cls=cls, side=side, zone=zone, severity=severity, multiple=multiple, detail=detail, term=term)
 
 

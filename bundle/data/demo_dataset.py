@@ -207,6 +207,9 @@ def _render_task(task) -> dict:
     sid = sample_id(report.report_id, variant)
     write_png(Path(out_dir) / "images" / f"{sid}.png", phantom.image)
     write_png(Path(out_dir) / "masks" / f"{sid}.png", phantom.label_map)
+    requested = {f.cls for f in report.findings}
+    # a finding that could not be placed visibly (e.g. an opacity squeezed to < 4 pixels) is not labelled; say so
+    phantom.details["requested_not_drawn"] = sorted(requested - set(phantom.drawn), key=CLASS_INDEX.get)
     return {"id": sid, "report_id": report.report_id, "variant": variant, "drawn": phantom.drawn,
             "boxes": phantom.boxes, "box_labels": phantom.box_labels, "details": phantom.details,
             "mask_classes": sorted({CLASS_NAMES[i] for i in np.unique(phantom.label_map).tolist() if i})}
@@ -336,6 +339,9 @@ def make_demo_dataset(out_dir, reports_path=None, num_reports: int | None = None
     (out_dir / "manifests" / "demo_samples.json").write_text(
         json.dumps(details, indent=1, sort_keys=True, ensure_ascii=True) + "\n", encoding="utf-8")
     freq = class_frequencies(samples, assignment)
+    undrawn = Counter(c for s in samples for c in s["details"]["requested_not_drawn"])
+    if undrawn:
+        LOG.info("findings named by a report but not drawn visibly (left unlabelled): %s", dict(sorted(undrawn.items())))
     split_counts = Counter(assignment[s["report_id"]] for s in samples)
     seconds = time.perf_counter() - start
     LOG.info("splits (samples): %s", ", ".join(f"{k}={split_counts.get(k, 0)}" for k in SPLIT_FRACTIONS))
