@@ -25,6 +25,7 @@ def rendered(terms, size, seed):
 @pytest.mark.parametrize("term, cls, sign", [
     ("Pleural Effusion/left/moderate", "pleural_effusion", +1),
     ("Opacity/lung/base/right", "lung_opacity", +1),
+    ("Density/retrocardiac", "lung_opacity", +1),
     ("Pulmonary Atelectasis/base/left", "atelectasis", +1),
     ("Nodule/lung/upper lobe/right", "nodule_mass", +1),
     ("Calcified Granuloma/lung/upper lobe/left", "calcified_granuloma", +1),

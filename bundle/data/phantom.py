@@ -173,6 +173,8 @@ class PhantomRenderer:
 
     def sides(self, finding: Finding) -> list[int]:
         """Image-side signs (-1 = image left = patient right) for a finding's side qualifier (random if none)."""
+        if finding.zone == "retrocardiac":
+            return [1]           # behind the heart: the patient's left lower lobe
         if finding.side == "bilateral":
             return [-1, 1]
         if finding.side == "right":
@@ -386,8 +388,9 @@ class PhantomRenderer:
                         sig = radius * self.fu(0.45, 0.7)
                         field_ = field_ + bump((f.xx - bx) ** 2 + (f.yy - by) ** 2, sig * sig)
                     texture = value_noise(self.frng, self.size, 24)
+                    behind_heart = 0.0 if finding.zone == "retrocardiac" else 0.7
                     opacity = smoothstep(0.3, 0.85, field_ * (0.65 + 0.7 * texture)) * self.lung[s] * \
-                        (1.0 - 0.7 * self.heart)
+                        (1.0 - behind_heart * self.heart)
                     mask = opacity > 0.5
                     if int(mask.sum()) >= 4:
                         out = np.maximum(out, opacity)
@@ -577,7 +580,7 @@ class PhantomRenderer:
         air = lungs * (1.0 - fluid) * (1.0 - 0.8 * opacity) * (1.0 - 0.55 * haze) * (1.0 - 0.85 * self.heart) * \
             (1.0 - 0.9 * self.med)
         density = (self.tissue * self.body - self.lung_air * air - 0.16 * rim * lungs + 0.08 * collapsed
-                   + 0.06 * self.heart - 0.25 * self.trachea + bone_density
+                   + 0.06 * self.heart - 0.25 * self.trachea + bone_density + 0.3 * opacity * self.heart
                    + u(0.14, 0.22) * markings * lungs + 0.45 * atelectasis * (1.0 - fluid)
                    + 0.05 * fluid + 0.25 * pleural_line + 0.18 * kerley * lungs
                    + self.round_lesions() + self.devices() + self.hernia())
