@@ -116,4 +116,8 @@ def write_contact_sheet(dataset_dir, out_path, count: int = 16, snippet_chars: i
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path, dpi=72, metadata={"Software": None})
     plt.close(fig)
+    # grey images with a few coloured marks: a 256-colour palette keeps the documentation PNG small
+    with Image.open(out_path) as sheet:
+        small = sheet.convert("RGB").quantize(colors=256, method=Image.Quantize.MAXCOVERAGE, dither=Image.Dither.NONE)
+    small.save(out_path, format="PNG", optimize=True)
     return chosen
