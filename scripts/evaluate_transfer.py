@@ -92,6 +92,7 @@ def run_linear_probe_grid(args, encoders, key: str) -> list[dict]:
     start, done = time.perf_counter(), 0
     for label, source, weights in encoders:
         parser = config_parser(args, encoder_source=source, encoder_weights=weights or "", data_fraction=1.0)
+        torch.manual_seed(parser.get_parsed_content("seed"))  # a random encoder is the same in every run
         model = parser.get_parsed_content("network_def")
         transform = parser.get_parsed_content("validate#preprocessing")
         task, num_classes = parser.get_parsed_content("task"), parser.get_parsed_content("num_classes")
@@ -196,6 +197,8 @@ def write_report(args, rows: list[dict], key: str, seconds: float) -> tuple[Path
     for r in rows:
         lines.append(f"| {r['encoder']} | {r['fraction']} | {r['seed']} | {r['n_train']} | {r['test']:.4f} | "
                      f"{r['best_val']:.4f} | {r['best_epoch']} | {r['epochs_run']} |")
+    if args.note:
+        lines += ["", args.note]
     lines += ["", f"Command: `python scripts/evaluate_transfer.py {' '.join(args.argv)}`; "
               f"{seconds / 60:.1f} min on {torch.get_num_threads()} CPU thread(s)"
               f"{' + GPU' if torch.cuda.is_available() else ''}.", ""]
@@ -250,6 +253,7 @@ def main(argv=None) -> int:
     p.add_argument("--num_workers", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--config", nargs="*", default=[], help="extra override config files")
+    p.add_argument("--note", default="", help="a sentence added to the results file (e.g. where the encoder came from)")
     p.add_argument("--results_dir", default=str(ROOT / "docs" / "results"))
     p.add_argument("--work_dir", default=str(ROOT / "runs" / "transfer"), help="fine_tune run folders")
     args = p.parse_args(argv)

@@ -57,3 +57,17 @@ def test_linear_probe_grid_writes_table_and_plot(tmp_path):
     runs = [line for line in text.splitlines() if line.startswith("| cmcgns | ") or line.startswith("| random | ")]
     assert len(runs) == 2 + 2 + 2 * 2 * 2   # accuracy table, AUROC table, one row per run
     assert (results / "tiny_classification.png").stat().st_size > 1000
+
+
+def test_fine_tune_grid_runs_the_bundle_config(tmp_path):
+    data = tmp_path / "data"
+    write_tiny_classification_dataset(data, "binary", 1)
+    results = tmp_path / "results"
+    code = _script().main(["--dataset_dir", str(data), "--dataset", "tiny", "--task", "binary", "--mode", "fine_tune",
+                           "--encoder", "random", "--encoder_name", "resnet18", "--image_size", "36",
+                           "--crop_size", "32", "--fractions", "1.0", "--seeds", "0", "--max_epochs", "1",
+                           "--batch_size", "4", "--results_dir", str(results), "--work_dir", str(tmp_path / "runs")])
+    assert code == 0
+    assert (tmp_path / "runs" / "random_1.0_seed0" / "model.pt").is_file()
+    text = (results / "tiny_classification.md").read_text()
+    assert "CACHED" not in text and "| random | 1.0 | 0 | 12 |" in text
