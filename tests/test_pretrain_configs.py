@@ -140,3 +140,16 @@ def test_text_model_dir_without_tokenizer_is_a_clear_error(tmp_path):
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, tiny_text_model):  # noqa: F811
     trainer = workflow(PRETRAIN, text_model_dir=str(tiny_text_model), ckpt_dir=str(tmp_path), resume=True)
     raised_by_config(ResumeCheckpointError, "no checkpoint", trainer.initialize)
+
+
+@pytest.mark.slow
+def test_official_override_runs_both_stages(tmp_path, tiny_dataset, tiny_text_model):  # noqa: F811
+    official = str(ROOT / "configs" / "official.yaml")
+    trainer = workflow([PRETRAIN, official], **tiny_overrides(tiny_dataset, tiny_text_model, tmp_path))
+    trainer.initialize()
+    assert trainer.check_properties() == []
+    assert trainer.parser.get_parsed_content("stage2_init") == "last"
+    trainer.run()
+    trainer.finalize()
+    whole = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert int(whole["stage"]) == 2 and (tmp_path / "models" / "stage1_last.pt").is_file()
