@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
+import shlex
 import statistics
 import sys
 import time
@@ -153,6 +153,19 @@ def run_fine_tune_grid(args, encoders, key: str) -> list[dict]:
     return rows
 
 
+def command_args(argv: list[str]) -> list[str]:
+    """The command line as run, without --note (its text is already in the file)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--note":
+            skip = True
+        elif not arg.startswith("--note="):
+            out.append(arg)
+    return out
+
+
 def mean_spread(values: list[float]) -> str:
     finite = [v for v in values if not math.isnan(v)]
     if not finite:
@@ -199,7 +212,7 @@ def write_report(args, rows: list[dict], key: str, seconds: float) -> tuple[Path
                      f"{r['best_val']:.4f} | {r['best_epoch']} | {r['epochs_run']} |")
     if args.note:
         lines += ["", args.note]
-    lines += ["", f"Command: `python scripts/evaluate_transfer.py {' '.join(args.argv)}`; "
+    lines += ["", f"Command: `python scripts/evaluate_transfer.py {shlex.join(command_args(args.argv))}`; "
               f"{seconds / 60:.1f} min on {torch.get_num_threads()} CPU thread(s)"
               f"{' + GPU' if torch.cuda.is_available() else ''}.", ""]
     md.write_text("\n".join(lines), encoding="utf-8")
