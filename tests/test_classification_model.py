@@ -94,3 +94,15 @@ def test_fine_tune_trains_the_encoder_and_global_pooling_uses_the_pool():
     assert not torch.equal(running, encoder.backbone.bn1.running_mean)
     assert encoder.backbone.conv1.weight.grad is not None
     assert encoder.attention_pool is not None and any(p.grad is not None for p in encoder.attention_pool.parameters())
+
+
+def test_vit_encoder_avg_and_cls_pooling():
+    encoder = build_downstream_encoder("random", None, "vit_b16", 1, 32, vit_patch_size=16, vit_hidden_size=32,
+                                       vit_mlp_dim=64, vit_num_layers=1, vit_num_heads=2)
+    image = torch.randn(2, 1, 32, 32)
+    avg = EncoderClassifier(encoder, num_classes=3, pooling="avg").train()
+    local, cls = encoder(image)
+    assert torch.allclose(avg.features(image), local.mean(1), atol=1e-6)   # mean over the 4 patch tokens
+    glob = EncoderClassifier(encoder, num_classes=3, pooling="global")
+    assert torch.allclose(glob.features(image), cls, atol=1e-6)
+    assert avg(image).shape == (2, 3) and not encoder.training
