@@ -59,7 +59,10 @@ def build_demo_data(out_dir: str) -> bool:
         print("[demo] scripts/make_demo_data.py is not in this checkout yet: cannot build the demo data; stopping.")
         return False
     print(f"[demo] generating the demo data into {out_dir} ...", flush=True)
-    result = subprocess.run([sys.executable, generator, "--out", out_dir], cwd=ROOT, env=environment())
+    # The contact sheet quotes IU report text: written locally (git-ignored), never committed.
+    sheet = os.path.join(ROOT, "docs", "results", "demo_contact_sheet.png")
+    result = subprocess.run([sys.executable, generator, "--out", out_dir, "--contact-sheet", sheet], cwd=ROOT,
+                            env=environment())
     if result.returncode != 0:
         raise SystemExit(f"[demo] demo data generation failed with exit code {result.returncode} (see above)")
     if not os.path.isfile(manifest):
