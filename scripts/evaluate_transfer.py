@@ -92,7 +92,9 @@ def run_linear_probe_grid(args, encoders, key: str) -> list[dict]:
     start, done = time.perf_counter(), 0
     for label, source, weights in encoders:
         parser = config_parser(args, encoder_source=source, encoder_weights=weights or "", data_fraction=1.0)
-        torch.manual_seed(parser.get_parsed_content("seed"))  # a random encoder is the same in every run
+        # a random encoder is the same in every run (scripts/ablate.py draws one per pretraining seed)
+        encoder_seed = getattr(args, "encoder_seed", None)
+        torch.manual_seed(parser.get_parsed_content("seed") if encoder_seed is None else encoder_seed)
         model = parser.get_parsed_content("network_def")
         transform = parser.get_parsed_content("validate#preprocessing")
         task, num_classes = parser.get_parsed_content("task"), parser.get_parsed_content("num_classes")

@@ -157,7 +157,7 @@ def test_model_state_survives_save_and_load_and_eval_keeps_centroids(text_dir):
 def test_official_preset_names_real_switches_that_differ_from_the_defaults():
     defaults = {k: p.default for k, p in inspect.signature(CMCGNS.__init__).parameters.items()}
     overrides = official_overrides()
-    assert len(overrides) == 9
+    assert len(overrides) == 10
     for name, value in overrides.items():
         assert name in defaults, f"official.yaml sets unknown switch {name}"
         assert value != defaults[name], f"{name} is the same in both modes"

@@ -21,6 +21,7 @@ from monai.utils import min_version, optional_import
 
 from bundle.engines import distributed as dist_utils
 from bundle.engines.batch import batch_ids, drop_empty_reports, to_model_inputs
+from bundle.losses.diagnostics import DIAGNOSTIC_KEYS
 from bundle.engines.trainer import any_rank, average_over_ranks, resolve_amp_dtype, scalar_outputs
 
 Metric, _ = optional_import("ignite.metrics", "0.4.11", min_version, "Metric")
@@ -36,6 +37,8 @@ VALIDATION_METRICS = {
     "val_i2t_top1": "acc_i2t_top1", "val_i2t_top5": "acc_i2t_top5",
     "val_t2i_top1": "acc_t2i_top1", "val_t2i_top5": "acc_t2i_top5",
     "val_chance_top1": "chance_top1", "val_chance_top5": "chance_top5",
+    "val_centroid_usage": "centroid_usage",
+    **{f"val_{key}": key for key in DIAGNOSTIC_KEYS},
 }
 
 lower_is_better: Callable[[float, float], bool] = operator.lt

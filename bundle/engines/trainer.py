@@ -23,6 +23,7 @@ from monai.utils import min_version, optional_import
 
 from bundle.engines import distributed as dist_utils
 from bundle.engines.batch import batch_ids, drop_empty_reports, to_model_inputs
+from bundle.losses.diagnostics import DIAGNOSTIC_KEYS
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 
@@ -31,7 +32,7 @@ logger = logging.getLogger(__name__)
 # Scalars of the model output that are logged (every one that the model returns is kept).
 OUTPUT_SCALAR_KEYS = ("loss", "loss_img", "loss_report", "loss_global", "loss_recon", "loss_recon_masked", "bml",
                       "acc_i2t_top1", "acc_i2t_top5", "acc_t2i_top1", "acc_t2i_top5", "logit_scale",
-                      "kmeans_initialized", "centroid_usage")
+                      "kmeans_initialized", "centroid_usage") + DIAGNOSTIC_KEYS
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 

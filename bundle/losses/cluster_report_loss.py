@@ -8,6 +8,8 @@ same-cluster sentences (likely false negatives) between a lower and an upper mar
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,6 +19,7 @@ from bundle.losses.distributed import all_reduce_sum_, distributed_ready
 
 HARD_NEGATIVE_MODES = ("multiplicative", "additive")
 BML_REDUCTIONS = ("masked", "all")
+GATE_SCALES = ("cosine", "logits")
 
 
 def hard_negative_logits(
@@ -61,6 +64,14 @@ def boundary_margin_loss(
     raise ValueError(f"bml_reduction must be one of {BML_REDUCTIONS}, got {reduction!r}")
 
 
+def assignment_entropy(counts: torch.Tensor) -> torch.Tensor:
+    """Entropy of the cluster-assignment distribution (members per centroid, [K]) divided by log K: 1 when the
+    members are spread evenly over all K clusters, 0 when they all fall into one."""
+    p = counts.float() / counts.sum().clamp_min(1)
+    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum()
+    return entropy / math.log(counts.numel())
+
+
 class ClusterGuidedReportLoss(nn.Module):
     """L_report = CE([C | hard negatives], arange(N)) + w_bml * BML; before initialisation CE(C, arange(N)).
 
@@ -71,7 +82,12 @@ class ClusterGuidedReportLoss(nn.Module):
         embed_dim: D.
         num_clusters: K.
         temperature: t in C = cos / t.
-        start_cosine: the start gate; initialise once mean(C) <= start_cosine.
+        start_cosine: the start gate; initialise once the mean of `gate_on` <= start_cosine.
+        gate_on: "cosine" (mean cosine of z1 and z2, whatever the temperature; fixed) or "logits" (mean of
+            C = cos / t, the published comparison). The two agree at the published t = 1.
+        start_step: the gate stays closed before this training step (0 = published). From random weights the
+            mean cosine is about 0 at step 0, so the published gate opens at once and the centroids are fitted to
+            the features of an untrained network (docs/method_notes.md).
         hard_negative_mode, hard_negative_weight, hard_negative_bias: see `hard_negative_logits`.
         bml_alpha, bml_beta, bml_weight, bml_reduction: see `boundary_margin_loss`.
         centroid_lr, centroid_update, centroid_init, bank_batches, kmeans_iterations, kmeans_seed, sync_centroids:
@@ -84,6 +100,8 @@ class ClusterGuidedReportLoss(nn.Module):
         num_clusters: int = 128,
         temperature: float = 1.0,
         start_cosine: float = 0.4,
+        gate_on: str = "cosine",
+        start_step: int = 0,
         centroid_lr: float = 0.001,
         centroid_update: str = "mean",
         centroid_init: str = "faiss",
@@ -104,6 +122,10 @@ class ClusterGuidedReportLoss(nn.Module):
             raise ValueError(f"hard_negative_mode must be one of {HARD_NEGATIVE_MODES}, got {hard_negative_mode!r}")
         if bml_reduction not in BML_REDUCTIONS:
             raise ValueError(f"bml_reduction must be one of {BML_REDUCTIONS}, got {bml_reduction!r}")
+        if gate_on not in GATE_SCALES:
+            raise ValueError(f"gate_on must be one of {GATE_SCALES}, got {gate_on!r}")
+        self.gate_on = gate_on
+        self.start_step = int(start_step)
         self.temperature, self.start_cosine = temperature, start_cosine
         self.hard_negative_mode, self.hard_negative_weight = hard_negative_mode, hard_negative_weight
         self.hard_negative_bias = hard_negative_bias
@@ -122,8 +144,9 @@ class ClusterGuidedReportLoss(nn.Module):
         )
 
     def _gate_value(self, c: torch.Tensor) -> float:
-        """mean(C); averaged over all ranks' entries when the centroids are synchronised, so all ranks agree."""
-        total = torch.stack([c.detach().sum(), torch.tensor(float(c.numel()), device=c.device)])
+        """mean(C) (or mean cosine); averaged over all ranks' entries when the centroids are synchronised."""
+        scale = self.temperature if self.gate_on == "cosine" else 1.0
+        total = torch.stack([c.detach().sum() * scale, torch.tensor(float(c.numel()), device=c.device)])
         if self.state.synchronize and distributed_ready():
             all_reduce_sum_(total)
         return float(total[0] / total[1])
@@ -136,14 +159,17 @@ class ClusterGuidedReportLoss(nn.Module):
         state = self.state
         zero = c.new_zeros(())
         usage, bml, use_hard = zero, zero, False
+        entropy, density, hard_cos = zero, zero, zero
         if not state.is_initialized:
             if self.training:
-                state.observe_and_maybe_initialise(z2, gate_open=self._gate_value(c) <= self.start_cosine)
+                gate_open = int(state.step) >= self.start_step and self._gate_value(c) <= self.start_cosine
+                state.observe_and_maybe_initialise(z2, gate_open=gate_open)
             # The step that initialises still uses plain InfoNCE.
         else:
             # The update sees detached z2 and runs before the hard negatives are chosen (published order).
             counts = state.update(z2) if self.training else state.member_counts(z2)
             usage = (counts > 0).float().mean()
+            entropy = assignment_entropy(counts)
             use_hard = True
         if self.training:
             state.step += 1
@@ -153,6 +179,9 @@ class ClusterGuidedReportLoss(nn.Module):
             z3 = state.second_nearest_centroids(z1)
             mask = state.same_cluster_mask(z1)
             bml = boundary_margin_loss(c, mask, self.bml_alpha, self.bml_beta, self.bml_reduction)
+            n = c.shape[0]
+            density = mask.sum() / max(n * (n - 1), 1)
+            hard_cos = F.cosine_similarity(z1.detach(), z3, dim=-1).mean()
             logits = hard_negative_logits(
                 c, z1, z3, self.hard_negative_mode, self.temperature,
                 self.hard_negative_weight, self.hard_negative_bias,
@@ -165,4 +194,10 @@ class ClusterGuidedReportLoss(nn.Module):
             "bml": bml,
             "kmeans_initialized": state.initialized.float(),
             "centroid_usage": usage,
+            # diagnostics (no gradient): local report retrieval (each z1 finds its own z2 among the N of C)
+            "local_top1": (c.detach().argmax(dim=1) == labels).float().mean(),
+            "local_chance_top1": c.new_tensor(1.0 / c.shape[0]),
+            "assignment_entropy": entropy,
+            "fn_mask_density": density,
+            "hard_negative_cos": hard_cos,
         }

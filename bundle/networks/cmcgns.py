@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bundle.losses.cluster_report_loss import ClusterGuidedReportLoss
+from bundle.losses.diagnostics import local_diagnostics
 from bundle.losses.global_contrastive import GlobalContrastiveLoss
 from bundle.losses.local_image_loss import LocalImageSimSiamLoss
 from bundle.losses.reconstruction_loss import reconstruction_l1_loss, token_mask_to_pixels
@@ -30,6 +31,10 @@ from bundle.networks.reconstruction_decoder import (
 )
 from bundle.networks.sentence_features import sentence_means, sentence_tokens
 from bundle.networks.text_encoder import TextEncoder
+
+
+# Diagnostics the report loss computes on its own C (bundle/losses/diagnostics.py has the rest).
+REPORT_DIAGNOSTICS = ("local_top1", "local_chance_top1", "assignment_entropy", "fn_mask_density", "hard_negative_cos")
 
 
 def _projection(in_dim: int, out_dim: int) -> nn.Linear:
@@ -53,7 +58,8 @@ class CMCGNS(nn.Module):
         pool_num_heads: heads of the image and sentence attention pools.
     Args (global loss, 4.1):
         temperature_init: initial tau (0.1). max_logit_scale: clamp for exp(logit_scale); None = no clamp (official).
-    Args (report loss, 4.4): num_clusters, cluster_temperature, kmeans_start_cosine, centroid_lr,
+    Args (report loss, 4.4): num_clusters, cluster_temperature, kmeans_start_cosine, kmeans_gate_on, kmeans_start_step,
+        centroid_lr,
         centroid_update ("mean" | "sum"), centroid_init ("faiss" | "greedy"), kmeans_bank_batches,
         kmeans_iterations, kmeans_seed, sync_centroids, hard_negative_mode ("multiplicative" | "additive"),
         hard_negative_weight, hard_negative_bias, bml_alpha, bml_beta, bml_weight, bml_reduction ("masked" | "all").
@@ -62,6 +68,10 @@ class CMCGNS(nn.Module):
         vit_decoder_num_layers, vit_decoder_ff_dim, vit_decoder_dropout, vit_decoder_share_layer_weights,
         vit_decoder_batch_first.
     Args (4.6): weight_img, weight_report, weight_global, weight_recon; stage (1 or 2).
+    Args (against collapse, docs/method_notes.md): predictor_norm ("none" | "batchnorm", the SimSiam predictor of 4.3);
+        cross_attention_logit_scale (None = the published 1/sqrt(D); a number = initial learnable scale of the 4.2
+        attention logits), learn_cross_attention_scale.
+    compute_diagnostics: add the collapse and alignment diagnostics (bundle/losses/diagnostics.py) to the output.
     """
 
     def __init__(
@@ -84,6 +94,8 @@ class CMCGNS(nn.Module):
         num_clusters: int = 128,
         cluster_temperature: float = 1.0,
         kmeans_start_cosine: float = 0.4,
+        kmeans_gate_on: str = "cosine",
+        kmeans_start_step: int = 0,
         centroid_lr: float = 0.001,
         centroid_update: str = "mean",
         centroid_init: str = "faiss",
@@ -114,6 +126,10 @@ class CMCGNS(nn.Module):
         weight_report: float = 1.0,
         weight_global: float = 1.0,
         weight_recon: float = 1.0,
+        predictor_norm: str = "none",
+        cross_attention_logit_scale: float | None = None,
+        learn_cross_attention_scale: bool = True,
+        compute_diagnostics: bool = True,
         stage: int = 1,
     ):
         super().__init__()
@@ -136,14 +152,18 @@ class CMCGNS(nn.Module):
         self.global_image_projection = _projection(width, embed_dim)
         self.local_text_projection = _projection(self.text_encoder.hidden_size, embed_dim)
         self.sentence_pool = MeanQueryAttentionPool(embed_dim, num_heads=pool_num_heads)
-        self.cross_attention = SigmoidCrossModalAttention(embed_dim)
+        self.cross_attention = SigmoidCrossModalAttention(
+            embed_dim, logit_scale=cross_attention_logit_scale, learn_logit_scale=learn_cross_attention_scale
+        )
         self.global_loss = GlobalContrastiveLoss(temperature_init, max_logit_scale)
-        self.image_loss = LocalImageSimSiamLoss(embed_dim)
+        self.image_loss = LocalImageSimSiamLoss(embed_dim, predictor_norm=predictor_norm)
         self.report_loss = ClusterGuidedReportLoss(
             embed_dim=embed_dim,
             num_clusters=num_clusters,
             temperature=cluster_temperature,
             start_cosine=kmeans_start_cosine,
+            gate_on=kmeans_gate_on,
+            start_step=kmeans_start_step,
             centroid_lr=centroid_lr,
             centroid_update=centroid_update,
             centroid_init=centroid_init,
@@ -175,6 +195,7 @@ class CMCGNS(nn.Module):
             raise ValueError(f"recon_mask_mode must be 'positions' or 'official', got {recon_mask_mode!r}")
         self.recon_mask_mode, self.recon_mask_ratio, self.recon_scale = recon_mask_mode, recon_mask_ratio, recon_scale
         self.weights = {"img": weight_img, "report": weight_report, "global": weight_global, "recon": weight_recon}
+        self.compute_diagnostics = compute_diagnostics
         self.register_buffer("stage", torch.tensor(1, dtype=torch.long))
         self.set_stage(stage)
 
@@ -225,12 +246,9 @@ class CMCGNS(nn.Module):
         return_attention: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Everything after the encoders (projections, sentence features, attention, all losses)."""
-        image_tokens = F.normalize(self.local_image_projection(local_features), dim=-1)
-        image_global = F.normalize(self.global_image_projection(global_feature), dim=-1)
-        # Only tokens inside a sentence reach a loss ([CLS], [SEP] and padding do not): project just those.
-        token_embed = F.normalize(self.local_text_projection(sentence_tokens(token_features, sentence_index)), dim=-1)
-        sentences, valid = sentence_means(token_embed, sentence_index)
-        report_global = F.normalize(self.sentence_pool(sentences, valid), dim=-1)
+        image_tokens, image_global, sentences, valid, report_global = self._project(
+            local_features, global_feature, token_features, sentence_index
+        )
 
         attention = self.cross_attention(image_tokens, sentences, valid)
         loss_img = self.image_loss(image_tokens, attention.text_to_image)
@@ -257,11 +275,41 @@ class CMCGNS(nn.Module):
             "centroid_usage": report["centroid_usage"],
         }
         out.update({k: v for k, v in global_.items() if k != "loss"})
+        if self.compute_diagnostics:
+            out.update({k: report[k] for k in REPORT_DIAGNOSTICS})
+            out.update(local_diagnostics(image_tokens, attention.text_to_image, attention.image_to_text,
+                                         attention.attn_image_to_text, attention.attn_text_to_image, valid))
         if return_attention:
             out["attn_image_to_text"] = attention.attn_image_to_text
             out["attn_text_to_image"] = attention.attn_text_to_image
             out["sentence_mask"] = valid
         return out
+
+    def _project(self, local_features, global_feature, token_features, sentence_index):
+        """The L2-normalised embeddings: image tokens [B, P, D], image vector [B, D], sentences [B, S, D] with their
+        validity mask [B, S], report vector [B, D]."""
+        image_tokens = F.normalize(self.local_image_projection(local_features), dim=-1)
+        image_global = F.normalize(self.global_image_projection(global_feature), dim=-1)
+        # Only tokens inside a sentence reach a loss ([CLS], [SEP] and padding do not): project just those.
+        token_embed = F.normalize(self.local_text_projection(sentence_tokens(token_features, sentence_index)), dim=-1)
+        sentences, valid = sentence_means(token_embed, sentence_index)
+        report_global = F.normalize(self.sentence_pool(sentences, valid), dim=-1)
+        return image_tokens, image_global, sentences, valid, report_global
+
+    @torch.no_grad()
+    def embed(self, image, input_ids, attention_mask, token_type_ids=None, sentence_index=None):
+        """Joint-space embeddings without any loss (retrieval, zero-shot, grounding): a dict with image_global
+        [B, D], report_global [B, D], image_tokens [B, P, D], sentences [B, S, D], sentence_mask [B, S] and the
+        sentence-to-region weights attn_image_to_text (A1) [B, S, P]."""
+        if sentence_index is None:
+            raise ValueError("sentence_index is required (see bundle/data/tokenization.py)")
+        local, global_, tokens = self.encode(image, input_ids, attention_mask, token_type_ids)
+        image_tokens, image_global, sentences, valid, report_global = self._project(
+            local, global_, tokens, sentence_index
+        )
+        attention = self.cross_attention(image_tokens, sentences, valid)
+        return {"image_global": image_global, "report_global": report_global, "image_tokens": image_tokens,
+                "sentences": sentences, "sentence_mask": valid, "attn_image_to_text": attention.attn_image_to_text}
 
     def _reconstruction(self, image, image_tokens, text_to_image):
         if self.training:

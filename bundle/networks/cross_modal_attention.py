@@ -23,9 +23,27 @@ class CrossModalOutput(NamedTuple):
 
 
 class SigmoidCrossModalAttention(nn.Module):
-    def __init__(self, embed_dim: int):
+    """Args:
+        embed_dim: D.
+        logit_scale: None (published): the constant 1/sqrt(D). A number: the initial value of a learnable scale
+            of the attention logits (kept in log space, clamped at `max_logit_scale`). Why it exists: the inputs are
+            unit vectors, so with default-initialised Q/K maps the logits q.k/sqrt(D) are about 0.01 and every
+            sigmoid weight sits at 0.5: each sentence attends to every region alike and the local losses see no
+            structure (docs/method_notes.md).
+        learn_logit_scale: train that scale (True) or keep it fixed at `logit_scale` (False).
+    """
+
+    def __init__(self, embed_dim: int, logit_scale: float | None = None, learn_logit_scale: bool = True,
+                 max_logit_scale: float = 100.0):
         super().__init__()
-        self.scale = 1.0 / math.sqrt(embed_dim)
+        self.fixed_scale = 1.0 / math.sqrt(embed_dim) if logit_scale is None else None
+        self.max_logit_scale = max_logit_scale
+        if logit_scale is not None:
+            value = torch.tensor(math.log(logit_scale))
+            if learn_logit_scale:
+                self.log_logit_scale = nn.Parameter(value)
+            else:
+                self.register_buffer("log_logit_scale", value)
         self.q_image = nn.Linear(embed_dim, embed_dim)
         self.k_image = nn.Linear(embed_dim, embed_dim)
         self.v_image = nn.Linear(embed_dim, embed_dim)
@@ -33,11 +51,19 @@ class SigmoidCrossModalAttention(nn.Module):
         self.k_text = nn.Linear(embed_dim, embed_dim)
         self.v_text = nn.Linear(embed_dim, embed_dim)
 
+    @property
+    def scale(self) -> float | torch.Tensor:
+        """The factor of the attention logits: 1/sqrt(D) (published) or the learnable scale."""
+        if self.fixed_scale is not None:
+            return self.fixed_scale
+        return self.log_logit_scale.exp().clamp(max=self.max_logit_scale)
+
     def forward(self, image_tokens: torch.Tensor, sentences: torch.Tensor, valid: torch.Tensor) -> CrossModalOutput:
         """image_tokens [B, P, D], sentences [B, S, D], valid [B, S] bool."""
         keep = valid.to(sentences.dtype)
-        a1 = torch.sigmoid(self.q_text(sentences) @ self.k_image(image_tokens).transpose(1, 2) * self.scale)
+        scale = self.scale
+        a1 = torch.sigmoid(self.q_text(sentences) @ self.k_image(image_tokens).transpose(1, 2) * scale)
         a1 = a1 * keep.unsqueeze(-1)
-        a2 = torch.sigmoid(self.q_image(image_tokens) @ self.k_text(sentences).transpose(1, 2) * self.scale)
+        a2 = torch.sigmoid(self.q_image(image_tokens) @ self.k_text(sentences).transpose(1, 2) * scale)
         a2 = a2 * keep.unsqueeze(1)
         return CrossModalOutput(a1 @ self.v_image(image_tokens), a2 @ self.v_text(sentences), a1, a2)
