@@ -97,7 +97,7 @@ def pretrain(name: str, seed: int, args, total_epochs: int) -> Path:
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files, "--meta_file", "metadata.json",
            "--logging_file", "configs/logging.conf", "--dataset_dir", os.path.abspath(args.dataset_dir),
            "--seed", str(seed), "--ckpt_dir", str(run_dir / "models"), "--output_dir", str(run_dir / "run"),
-           *overrides, *args.pretrain_override]
+           *args.pretrain_override, *overrides]
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     run_dir.mkdir(parents=True, exist_ok=True)
     logger.info("%s seed %d: pretraining (%s)", name, seed, shlex.join(cmd[3:]))
@@ -250,12 +250,14 @@ def main(argv=None) -> int:
     p.add_argument("--probe_lr", type=float, default=0.01)
     p.add_argument("--probe_epochs", type=int, default=100)
     p.add_argument("--probe_patience", type=int, default=20)
-    p.add_argument("--pretrain_override", nargs="*", default=[],
-                   help="extra bundle overrides for every pretraining run (e.g. --stage1_epochs 1)")
+    p.add_argument("--pretrain_overrides", default="",
+                   help="extra bundle overrides for every pretraining run, one quoted string "
+                        "(e.g. \"--demo_train_items 1200\")")
     p.add_argument("--work_dir", default=str(ROOT / "runs" / "ablation"))
     p.add_argument("--results_dir", default=str(ROOT / "docs" / "results"))
     args = p.parse_args(argv)
     args.argv = argv
+    args.pretrain_override = shlex.split(args.pretrain_overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for noisy in ("evaluate_transfer", "bundle.downstream.cached_linear_probe", "bundle.downstream.retrieval"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -102,6 +102,7 @@ def tiny_overrides(dataset_dir: Path, text_model_dir: Path, run_dir: Path) -> di
         "network_def#num_clusters": 4,
         "network_def#kmeans_bank_batches": 1,
         "network_def#kmeans_start_cosine": 1.0,
+        "network_def#kmeans_start_step": 0,
         "network_def#decoder_channels": [16, 8, 8, 8],
     }
 

@@ -66,8 +66,11 @@ def loop_cross_attention(attn: SigmoidCrossModalAttention, image_tokens: torch.T
 def loop_simsiam(loss: LocalImageSimSiamLoss, image_tokens: torch.Tensor, text_to_image: list[torch.Tensor]):
     """Mean over images of the per-image SimSiam loss."""
     total = 0.0
-    for image, text in zip(image_tokens, text_to_image):
-        p_x, p_y = loss.predictor(image), loss.predictor(text)
+    batch_norm = any(isinstance(m, torch.nn.BatchNorm1d) for m in loss.predictor)
+    if batch_norm:  # BatchNorm's statistics are over all B*P tokens of a branch by definition: predict once
+        all_x, all_y = loss.predict(image_tokens), loss.predict(torch.stack(list(text_to_image)))
+    for b, (image, text) in enumerate(zip(image_tokens, text_to_image)):
+        p_x, p_y = (all_x[b], all_y[b]) if batch_norm else (loss.predictor(image), loss.predictor(text))
         total = total - (
             F.cosine_similarity(p_x, text.detach(), dim=-1).mean()
             + F.cosine_similarity(p_y, image.detach(), dim=-1).mean()

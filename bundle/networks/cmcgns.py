@@ -69,8 +69,8 @@ class CMCGNS(nn.Module):
         vit_decoder_batch_first.
     Args (4.6): weight_img, weight_report, weight_global, weight_recon; stage (1 or 2).
     Args (against collapse, docs/method_notes.md): predictor_norm ("none" | "batchnorm", the SimSiam predictor of 4.3);
-        cross_attention_logit_scale (None = the published 1/sqrt(D); a number = initial learnable scale of the 4.2
-        attention logits), learn_cross_attention_scale.
+        cross_attention_logit_scale (None = the published 1/sqrt(D); a number, or "sqrt_embed_dim" = sqrt(D), the
+        initial learnable scale of the 4.2 attention logits), learn_cross_attention_scale.
     compute_diagnostics: add the collapse and alignment diagnostics (bundle/losses/diagnostics.py) to the output.
     """
 
@@ -92,10 +92,10 @@ class CMCGNS(nn.Module):
         temperature_init: float = 0.1,
         max_logit_scale: float | None = 100.0,
         num_clusters: int = 128,
-        cluster_temperature: float = 1.0,
+        cluster_temperature: float = 0.1,
         kmeans_start_cosine: float = 0.4,
         kmeans_gate_on: str = "cosine",
-        kmeans_start_step: int = 0,
+        kmeans_start_step: int = 1000,
         centroid_lr: float = 0.001,
         centroid_update: str = "mean",
         centroid_init: str = "faiss",
@@ -103,7 +103,7 @@ class CMCGNS(nn.Module):
         kmeans_iterations: int = 20,
         kmeans_seed: int = 0,
         sync_centroids: bool = True,
-        hard_negative_mode: str = "multiplicative",
+        hard_negative_mode: str = "additive",
         hard_negative_weight: float = 3.0,
         hard_negative_bias: float = 0.0,
         bml_alpha: float = 0.2,
@@ -126,8 +126,8 @@ class CMCGNS(nn.Module):
         weight_report: float = 1.0,
         weight_global: float = 1.0,
         weight_recon: float = 1.0,
-        predictor_norm: str = "none",
-        cross_attention_logit_scale: float | None = None,
+        predictor_norm: str = "batchnorm",
+        cross_attention_logit_scale: float | str | None = "sqrt_embed_dim",
         learn_cross_attention_scale: bool = True,
         compute_diagnostics: bool = True,
         stage: int = 1,
@@ -152,6 +152,8 @@ class CMCGNS(nn.Module):
         self.global_image_projection = _projection(width, embed_dim)
         self.local_text_projection = _projection(self.text_encoder.hidden_size, embed_dim)
         self.sentence_pool = MeanQueryAttentionPool(embed_dim, num_heads=pool_num_heads)
+        if cross_attention_logit_scale == "sqrt_embed_dim":
+            cross_attention_logit_scale = embed_dim**0.5  # the usual scaling for inputs of unit-variance entries
         self.cross_attention = SigmoidCrossModalAttention(
             embed_dim, logit_scale=cross_attention_logit_scale, learn_logit_scale=learn_cross_attention_scale
         )
