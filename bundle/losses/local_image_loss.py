@@ -19,7 +19,7 @@ class LocalImageSimSiamLoss(nn.Module):
         embed_dim: D.
         predictor_norm: "none" (published) or "batchnorm": BatchNorm1d after the hidden layer of h, as SimSiam's own
             predictor has (SimSiam relies on it against collapse). Statistics are taken over all B*P tokens of
-            each branch separately.
+            each branch separately, in training and in evaluation.
     """
 
     def __init__(self, embed_dim: int, predictor_norm: str = "none"):
@@ -27,7 +27,9 @@ class LocalImageSimSiamLoss(nn.Module):
         if predictor_norm not in PREDICTOR_NORMS:
             raise ValueError(f"predictor_norm must be one of {PREDICTOR_NORMS}, got {predictor_norm!r}")
         hidden = embed_dim // 2
-        norm = [nn.BatchNorm1d(hidden)] if predictor_norm == "batchnorm" else []
+        # Batch statistics in training and evaluation alike (no running buffers): the predictor only serves the loss,
+        # and per-rank running statistics would make the ranks' model states differ under DDP.
+        norm = [nn.BatchNorm1d(hidden, track_running_stats=False)] if predictor_norm == "batchnorm" else []
         self.predictor = nn.Sequential(
             nn.Linear(embed_dim, hidden), *norm, nn.ReLU(inplace=True), nn.Linear(hidden, embed_dim)
         )
