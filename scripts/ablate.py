@@ -268,6 +268,11 @@ def main(argv=None) -> int:
     cells = [(v, s) for v in args.variants for s in args.seeds]
     for done, (name, seed) in enumerate(cells, 1):
         cell_start = time.perf_counter()
+        cached = Path(args.work_dir) / f"{name}_seed{seed}" / "result.json"
+        if cached.is_file():  # a finished cell of a stopped ablation
+            results.append(json.loads(cached.read_text(encoding="utf-8")))
+            logger.info("[%d/%d] %s seed %d: reusing %s", done, len(cells), name, seed, cached)
+            continue
         run_dir = None if name == "a_random" else pretrain(name, seed, args, total)
         row = {"variant": name, "seed": seed}
         if run_dir is None:
@@ -279,6 +284,8 @@ def main(argv=None) -> int:
         row.update(retrieval(name, seed, run_dir, args, total))
         row["seconds"] = time.perf_counter() - cell_start
         results.append(row)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_text(json.dumps(row, sort_keys=True), encoding="utf-8")
         elapsed = time.perf_counter() - start
         logger.info("[%d/%d] %s seed %d done in %.0f s: LP AUROC 1%% %.3f, 100%% %.3f, i2t R@10 %.3f, local top-1 "
                     "%.3f (ETA %.0f min)", done, len(cells), name, seed, row["seconds"], row["auroc_0.01"],
