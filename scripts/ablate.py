@@ -265,7 +265,9 @@ def main(argv=None) -> int:
     total = int(settings["stage1_epochs"]) + int(settings["stage2_epochs"])
     transfer = load_evaluate_transfer()
     results, start = [], time.perf_counter()
-    cells = [(v, s) for v in args.variants for s in args.seeds]
+    # seed-major: every variant gets its first pretraining seed before any gets its second, so a stopped ablation
+    # still compares all variants
+    cells = [(v, s) for s in args.seeds for v in args.variants]
     for done, (name, seed) in enumerate(cells, 1):
         cell_start = time.perf_counter()
         cached = Path(args.work_dir) / f"{name}_seed{seed}" / "result.json"
