@@ -75,6 +75,11 @@ class MGCABatchDice(Metric):
         y_pred, y = output
         self._batch_means.append(mgca_batch_dice(y_pred, y, self.threshold))
 
+    @torch.no_grad()
+    def iteration_completed(self, engine) -> None:
+        # ignite's default splits a decollated list into one update per image; MGCA's mean needs the whole batch
+        self.update(self._output_transform(engine.state.output))
+
     def compute(self) -> float:
         if not self._batch_means:
             raise RuntimeError("MGCABatchDice: no batches were evaluated this epoch")
