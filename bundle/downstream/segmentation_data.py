@@ -186,18 +186,18 @@ def inference_datalist(image_path) -> list[dict]:
     """{"image": path} items for one file, a folder (its PNG/JPG/DICOM/NIfTI files, sorted) or a list of files."""
     from bundle.data.image_io import DICOM_SUFFIXES, NIFTI_SUFFIXES, PIL_SUFFIXES
 
-    paths = [image_path] if isinstance(image_path, (str, os.PathLike)) else list(image_path)
+    paths = [image_path] if image_path is None or isinstance(image_path, (str, os.PathLike)) else list(image_path)
     out = []
     for p in paths:
-        p = os.fspath(p)
-        if os.path.isdir(p):
+        p = os.fspath(p) if p is not None else ""
+        if p and os.path.isdir(p):
             names = sorted(n for n in os.listdir(p)
                            if n.lower().endswith(PIL_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES))
             out += [{"image": os.path.join(p, n)} for n in names]
-        elif os.path.isfile(p):
+        elif p and os.path.isfile(p):
             out.append({"image": p})
         else:
-            raise FileNotFoundError(f"inference input not found: {p!r} (set --image_path to a file or a folder)")
+            raise FileNotFoundError(f"inference input not found: {p or None} (set --image_path to a file or a folder)")
     if not out:
         raise FileNotFoundError(f"no images to segment in {image_path!r}")
     return out
