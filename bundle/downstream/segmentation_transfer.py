@@ -225,10 +225,12 @@ def main(argv: list[str]) -> int:
     encoders = [parse_encoder(s) for s in args.encoder]
     cells = len(encoders) * len(args.fractions) * len(args.seeds)
     rows, start = [], time.perf_counter()
-    for label, source, weights in encoders:
-        for fraction in args.fractions:
-            for seed in args.seeds:
+    # encoders innermost, and the report rewritten after every cell: a grid stopped early still compares encoders
+    for fraction in args.fractions:
+        for seed in args.seeds:
+            for label, source, weights in encoders:
                 rows.append(run_cell(args, label, source, weights, fraction, seed))
+                write_report(args, rows, time.perf_counter() - start)
                 elapsed = time.perf_counter() - start
                 logger.info("[%d/%d] %s fraction %s seed %d: test MGCA Dice %.4f, mean %.4f, pooled %.4f (%.0f s, "
                             "ETA %.0f s)", len(rows), cells, label, fraction, seed, rows[-1]["test_mgca_dice"],
