@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Downstream classification grid for one dataset: encoders x label fractions x seeds (method.md 5, MGCA protocol).
+"""Downstream transfer grid for one dataset: encoders x label fractions x seeds (method.md 5, MGCA protocol).
+Classification below; --task segmentation runs bundle/downstream/segmentation_transfer.py (docs/segmentation.md).
 
 Writes <results_dir>/<dataset>_classification.md (test key metric, mean and spread over seeds; a per-run table) and
 <results_dir>/<dataset>_classification.png. Everything is built from configs/classification.yaml (same network,
@@ -245,11 +246,16 @@ def write_report(args, rows: list[dict], key: str, seconds: float) -> tuple[Path
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "segmentation" in (argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--task") or "--task=segmentation" in argv:
+        from bundle.downstream.segmentation_transfer import main as segmentation_main  # its own options
+
+        return segmentation_main(argv)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset_dir", required=True)
     p.add_argument("--dataset", default=None, help="name in the output files (default: the folder name)")
     p.add_argument("--manifest", default=None, help="default: DATASET_DIR/manifests/classification.json")
-    p.add_argument("--task", default="multilabel", choices=("multilabel", "binary", "multiclass"))
+    p.add_argument("--task", default="multilabel", choices=("multilabel", "binary", "multiclass", "segmentation"),
+                   help="segmentation: bundle/downstream/segmentation_transfer.py (--task segmentation --help)")
     p.add_argument("--encoder", action="append", required=True,
                    help="label=source[:weights], source cmcgns|imagenet|random (repeat for several)")
     p.add_argument("--encoder_name", default="resnet50")
