@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bundle.engines.options import bool_arguments
 from bundle.losses.cluster_report_loss import ClusterGuidedReportLoss
 from bundle.losses.global_contrastive import GlobalContrastiveLoss
 from bundle.losses.local_image_loss import LocalImageSimSiamLoss
@@ -38,6 +39,7 @@ def _projection(in_dim: int, out_dim: int) -> nn.Linear:
     return layer
 
 
+@bool_arguments  # `--network_def#sync_centroids false` arrives as a string
 class CMCGNS(nn.Module):
     """CM-CGNS for image-report pretraining.
 
