@@ -1,7 +1,7 @@
 """MONAI's RetinaNetDetector, usable without torchvision, configured as this bundle trains and infers with it.
 
-Training: ATSS matching (MONAI's ATSSMatcher), MONAI's HardNegativeSampler, focal-free BCE classification loss with
-hard-negative sampling and smooth-L1 box regression on encoded targets (MONAI's defaults). Inference: MONAI's
+Training: ATSS matching (MONAI's ATSSMatcher), MONAI's HardNegativeSampler, MONAI's default BCE classification loss on
+the sampled anchors and smooth-L1 box regression on encoded targets (MONAI's defaults). Inference: MONAI's
 BoxSelector (score threshold, top-k per level, NMS, detections per image), optionally a whole-image sliding-window
 inferer (what MONAI Label calls with use_inferer=True).
 """
@@ -73,5 +73,5 @@ class DetectionLoss(nn.Module):
         super().__init__()
         self.cls_weight, self.cls_key, self.box_key = cls_weight, cls_key, box_key
 
-    def forward(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, losses: dict[str, torch.Tensor], targets=None) -> torch.Tensor:  # targets: already used
         return self.cls_weight * losses[self.cls_key] + losses[self.box_key]

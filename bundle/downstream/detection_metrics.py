@@ -24,6 +24,14 @@ logger = logging.getLogger(__name__)
 IOU_RANGES = {"mAP_40_75": (0.40, 0.75, 0.05), "mAP_50": (0.50, 0.50, 0.05), "mAP_50_95": (0.50, 0.95, 0.05)}
 
 
+def detection_outputs(output: Mapping, box_key: str = "box", label_key: str = "label") -> list[dict]:
+    """An evaluator's output {pred: [per image], label: [per image targets]} -> [{pred_box, pred_label, pred_score,
+    box, label}] (network-input frame), what DetectionMAP reads."""
+    score_key = label_key + "_scores"
+    return [{"pred_box": p[box_key], "pred_label": p[label_key], "pred_score": p[score_key],
+             "box": t[box_key], "label": t[label_key]} for p, t in zip(output["pred"], output["label"])]
+
+
 def _np(values, dtype, width: int | None = None) -> np.ndarray:
     arr = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
     arr = arr.astype(dtype)
@@ -59,15 +67,15 @@ def mean_average_precision(preds: Sequence[Mapping], targets: Sequence[Mapping],
 
 
 class DetectionMAP(Metric):
-    """Ignite metric over an evaluator's per-image outputs (a list of dicts holding predictions and ground truth).
+    """Ignite metric over an evaluator's output (by default through `detection_outputs`: per-image dicts).
 
-    Each output item carries `pred_box`, `pred_label`, `pred_score` and the ground truth `box`, `label`, all in the
+    Each item carries `pred_box`, `pred_label`, `pred_score` and the ground truth `box`, `label`, all in the
     network-input frame (IoU does not change under the resize-and-pad that maps it to the original image). Under
     torch.distributed every rank's images are gathered before computing, so all ranks see the same value.
     """
 
     def __init__(self, class_names: Sequence[str], name: str = "mAP_40_75", max_detections: int = 100,
-                 output_transform=lambda x: x, device="cpu"):
+                 output_transform=detection_outputs, device="cpu"):
         if name not in IOU_RANGES:
             raise ValueError(f"unknown detection metric {name!r}; choose one of {sorted(IOU_RANGES)}")
         self.class_names, self.iou_range, self.max_detections = list(class_names), IOU_RANGES[name], max_detections

@@ -6,7 +6,7 @@
   `inferer(inputs, network, targets)` calls detector(images, targets) -> loss dict, and the loss function
   (bundle.downstream.detection_detector.DetectionLoss) sums it. For evaluation SupervisedEvaluator calls
   detector(images) -> a list of per-image predictions. Engines run with decollate=False.
-- `detection_outputs` pairs predictions with ground truth per image for the metrics.
+- Metrics pair predictions with ground truth per image (detection_metrics.detection_outputs).
 - `DetectionSaver` writes the predicted boxes and scores of every evaluated image (original image pixels, manifest
   convention) to predictions.json, and an overlay PNG of predicted and true boxes for the first images.
 """
@@ -41,14 +41,6 @@ class DetectionBatch:
         if self.train:
             return images, targets, (targets,), {}
         return images, targets
-
-
-def detection_outputs(output: dict, box_key: str = "box", label_key: str = "label") -> list[dict]:
-    """An evaluator's output {pred: [per image], label: [per image targets]} -> [{pred_box, pred_label, pred_score,
-    box, label}] (network-input frame), what DetectionMAP reads."""
-    score_key = label_key + "_scores"
-    return [{"pred_box": p[box_key], "pred_label": p[label_key], "pred_score": p[score_key],
-             "box": t[box_key], "label": t[label_key]} for p, t in zip(output["pred"], output["label"])]
 
 
 class DetectionSaver:
@@ -90,7 +82,8 @@ class DetectionSaver:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else None
         name = "predictions.json" if not rank and not torch.distributed.is_initialized() else f"predictions_rank{rank}.json"
-        (self.output_dir / name).write_text(json.dumps(self.records, indent=1), encoding="utf-8")
+        text = "[\n" + ",\n".join(json.dumps(r) for r in self.records) + "\n]\n"  # one image per line
+        (self.output_dir / name).write_text(text, encoding="utf-8")
         if not rank and self.overlay_images > 0:
             from bundle.downstream.detection_overlay import save_overlay
 
