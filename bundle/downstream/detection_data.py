@@ -204,12 +204,13 @@ class BoxesFollowImaged(MapTransform):
 class BoxesToOriginald(MapTransform):
     """Map predicted MONAI boxes of the network input back to the original image, in the manifest convention.
 
-    Writes `<key>_xyxy`: [[x1, y1, x2, y2]] (x = column) in pixels of the image as loaded, clipped to it.
+    Writes `<key><output_suffix>` (default `<key>_xyxy`; "" replaces the key): [[x1, y1, x2, y2]] (x = column) in
+    pixels of the image as loaded, clipped to it.
     """
 
-    def __init__(self, box_keys: KeysCollection, image_key: str = "image") -> None:
+    def __init__(self, box_keys: KeysCollection, image_key: str = "image", output_suffix: str = "_xyxy") -> None:
         super().__init__(box_keys)
-        self.image_key = image_key
+        self.image_key, self.output_suffix = image_key, output_suffix
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
@@ -220,7 +221,7 @@ class BoxesToOriginald(MapTransform):
             boxes = boxes_through_affine(torch.as_tensor(d[key]).detach().cpu(), affine)
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, float(height))
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, float(width))
-            d[f"{key}_xyxy"] = boxes[:, [1, 0, 3, 2]]
+            d[f"{key}{self.output_suffix}"] = boxes[:, [1, 0, 3, 2]]
         return d
 
 
