@@ -21,7 +21,7 @@ torch.set_num_threads(1)
 
 
 def _item(box, shape=(120, 60), label=(1,)):
-    """A [1, H, W] image in [0, 1], ones exactly inside `box` ([x1, y1, x2, y2], x = column), as LoadRadiographd gives."""
+    """A [1, H, W] image in [0, 1], ones exactly inside `box` ([x1, y1, x2, y2], x = column), like LoadRadiographd."""
     image = torch.zeros(1, *shape)
     for x1, y1, x2, y2 in box:
         image[0, y1:y2, x1:x2] = 1.0

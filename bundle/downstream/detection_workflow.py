@@ -35,7 +35,8 @@ class DetectionBatch:
 
     def __call__(self, batchdata, device=None, non_blocking: bool = False, **kwargs):
         items = batchdata if isinstance(batchdata, (list, tuple)) else [batchdata]
-        images = torch.stack([torch.as_tensor(item[self.image_key]) for item in items]).to(device, non_blocking=non_blocking)
+        images = torch.stack([torch.as_tensor(item[self.image_key]) for item in items])
+        images = images.to(device, non_blocking=non_blocking)
         if not self.train and any(self.box_key not in item for item in items):
             return images, None  # inference: no ground truth
         targets = [{self.box_key: torch.as_tensor(item[self.box_key]).float().to(device),
@@ -77,13 +78,14 @@ class DetectionSaver:
                 "pred_box": [[round(float(v), 2) for v in b] for b in restored.tolist()],
                 "pred_label": [self.class_names[int(c)] for c in pred[self.label_key].tolist()],
                 "pred_score": [round(float(s), 4) for s in pred[score_key].tolist()],
-                "box": [[float(v) for v in b] for b in torch.as_tensor(item.get("box_xyxy", [])).reshape(-1, 4).tolist()],
-                "box_label": [self.class_names[int(c)] for c in torch.as_tensor(item.get(self.label_key, [])).tolist()]})
+                "box": torch.as_tensor(item.get("box_xyxy", [])).reshape(-1, 4).tolist(),
+                "box_label": [self.class_names[int(c)] for c in torch.as_tensor(item.get(self.label_key, [])).tolist()],
+            })
 
     def _write(self, engine: Engine) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else None
-        name = "predictions.json" if not rank and not torch.distributed.is_initialized() else f"predictions_rank{rank}.json"
+        name = "predictions.json" if rank is None else f"predictions_rank{rank}.json"
         text = "[\n" + ",\n".join(json.dumps(r) for r in self.records) + "\n]\n"  # one image per line
         (self.output_dir / name).write_text(text, encoding="utf-8")
         if not rank and self.overlay_images > 0:
