@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Downstream classification grid for one dataset: encoders x label fractions x seeds (method.md 5, MGCA protocol).
+"""Downstream transfer grid for one dataset: encoders x label fractions x seeds (method.md 5, MGCA protocol).
+Classification below; --task segmentation runs bundle/downstream/segmentation_transfer.py (docs/segmentation.md).
 
 Writes <results_dir>/<dataset>_classification.md (test key metric, mean and spread over seeds; a per-run table) and
 <results_dir>/<dataset>_classification.png. Everything is built from configs/classification.yaml (same network,
@@ -15,6 +16,9 @@ Example (the demo, after `make demo`):
       --encoder cmcgns=cmcgns:models/image_encoder.pt --encoder random=random --encoder_name resnet18 \
       --image_size 144 --crop_size 128 --seeds 0 1 2
   An ImageNet baseline: --encoder imagenet=imagenet:/path/resnet50-torchvision.pth (a local file; never downloaded).
+
+--task detection: the RetinaNet grid of configs/detection.yaml (bundle/downstream/detection_grid.py; its options:
+  --task detection --help; docs/detection.md).
 """
 
 from __future__ import annotations
@@ -245,11 +249,24 @@ def write_report(args, rows: list[dict], key: str, seconds: float) -> tuple[Path
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    task = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--task"), None)
+    task = next((a.split("=", 1)[1] for a in argv if a.startswith("--task=")), task)
+    if task == "segmentation":
+        from bundle.downstream.segmentation_transfer import main as segmentation_main  # its own options
+
+        return segmentation_main(argv)
+    if task == "detection":
+        from bundle.downstream.detection_grid import main as detection_main  # its own options: --task detection -h
+
+        return detection_main(argv, parse_encoder)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset_dir", required=True)
     p.add_argument("--dataset", default=None, help="name in the output files (default: the folder name)")
     p.add_argument("--manifest", default=None, help="default: DATASET_DIR/manifests/classification.json")
-    p.add_argument("--task", default="multilabel", choices=("multilabel", "binary", "multiclass"))
+    p.add_argument("--task", default="multilabel",
+                   choices=("multilabel", "binary", "multiclass", "segmentation", "detection"),
+                   help="segmentation: bundle/downstream/segmentation_transfer.py; detection: "
+                        "bundle/downstream/detection_grid.py (see --task segmentation|detection --help)")
     p.add_argument("--encoder", action="append", required=True,
                    help="label=source[:weights], source cmcgns|imagenet|random (repeat for several)")
     p.add_argument("--encoder_name", default="resnet50")

@@ -70,13 +70,42 @@ def build_demo_data(out_dir: str) -> bool:
     return True
 
 
-def pretrain(out_dir: str, extra: list[str]) -> None:
+def run_bundle(cmd: list[str], debug: bool = False, log_path: str | None = None) -> tuple[int, str | None]:
+    """Run a bundle command; unless `debug`, tracebacks are folded to their exception line, the full output goes to
+    `log_path`, and the bundle's own error message (ManifestError, PreflightError, ...) is returned to be printed
+    last. Returns (exit code, that message or None)."""
+    if debug:
+        return subprocess.run(cmd, cwd=ROOT, env=environment()).returncode, None
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    from bundle.engines.error_report import TracebackFilter, bundle_error
+
+    shown = TracebackFilter()
+    process = subprocess.Popen(cmd, cwd=ROOT, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, bufsize=1)
+    for line in process.stdout:
+        for text in shown.feed(line):
+            print(text, flush=True)
+    code, message = process.wait(), None
+    if code != 0:
+        if log_path:
+            os.makedirs(os.path.dirname(log_path), exist_ok=True)
+            with open(log_path, "w", encoding="utf-8") as f:
+                f.write("\n".join(shown.lines) + "\n")
+        message = bundle_error(shown.lines)
+        where = f"full traceback in {log_path}; " if log_path else ""
+        print(f"[demo] ({where}rerun with --debug to see it live)", flush=True)
+    return code, message
+
+
+def pretrain(out_dir: str, extra: list[str], debug: bool = False) -> None:
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", CONFIGS, "--meta_file", "metadata.json",
            "--logging_file", "configs/logging.conf", "--dataset_dir", os.path.abspath(out_dir), *extra]
     print("[demo] " + " ".join(cmd[1:4]) + f" --config_file \"{CONFIGS}\" ...", flush=True)
-    result = subprocess.run(cmd, cwd=ROOT, env=environment())
-    if result.returncode != 0:
-        raise SystemExit(f"[demo] pretraining failed with exit code {result.returncode} (see the log above)")
+    code, message = run_bundle(cmd, debug, os.path.join(override_value(extra, "output_dir", RUN_DIR), "error.log"))
+    if code != 0:
+        # the bundle's own message is the last line the user reads
+        raise SystemExit(f"[demo] pretraining failed with exit code {code}" + (f": {message}" if message else ""))
 
 
 def override_value(extra: list[str], name: str, default: str) -> str:
@@ -105,6 +134,8 @@ def final_retrieval(history: str) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="demo_data", help="demo dataset directory (created if missing)")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the bundle's output unfiltered (full tracebacks) instead of the short error")
     args, extra = parser.parse_known_args(argv)
     out_dir = os.path.abspath(args.out)
     times = {}
@@ -117,7 +148,7 @@ def main(argv=None) -> int:
         print(f"[demo] not built yet: {', '.join(missing)}; demo pretraining skipped.")
         return 0
     t = time.time()
-    pretrain(out_dir, extra)
+    pretrain(out_dir, extra, args.debug)
     times["pretraining"] = time.time() - t
 
     from bundle.engines.plotting import plot_pretrain_curves

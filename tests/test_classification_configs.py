@@ -43,10 +43,14 @@ def test_train_validate_test_per_task(tmp_path, task, num_classes):
     if task == "multilabel":
         assert {f"test_auroc/finding_{c}" for c in range(3)} <= set(metrics)
     with open(out / "test" / "predictions.csv", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
+        header, *rows = list(csv.reader(f))
     test_items = json.loads(manifest.read_text())["test"]
-    assert len(rows) == len(test_items) and all(len(r) == 1 + num_classes for r in rows)
-    probs = torch.tensor([[float(v) for v in r[1:]] for r in rows])
+    names = ["pneumonia"] if task == "binary" else [f"finding_{c}" for c in range(3)]
+    assert header == ["id", "image"] + names
+    # one row per test item, keyed (and sorted) by the manifest id, with its image path
+    assert [r[0] for r in rows] == sorted(item["id"] for item in test_items)
+    assert all(r[1].endswith(f"images/{r[0]}.png") and len(r) == 2 + num_classes for r in rows)
+    probs = torch.tensor([[float(v) for v in r[2:]] for r in rows])
     assert ((probs >= 0) & (probs <= 1)).all()
     if task == "multiclass":
         assert torch.allclose(probs.sum(1), torch.ones(len(rows)), atol=1e-5)
@@ -78,7 +82,7 @@ def test_evaluate_override_uses_the_saved_checkpoint(tmp_path):
     evaluate.run()
     assert 0.0 <= float(read_metrics(eval_dir / "metrics.csv")["test_auroc"]) <= 1.0
     with open(eval_dir / "predictions.csv", encoding="utf-8") as f:
-        assert len(list(csv.reader(f))) == 6   # the validation split
+        assert len(list(csv.reader(f))) == 1 + 6   # header + the validation split
 
 
 def test_early_stopping_ends_training_when_the_key_metric_stops_improving(tmp_path):

@@ -138,7 +138,8 @@ def test_text_model_dir_without_tokenizer_is_a_clear_error(tmp_path):
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, tiny_text_model):  # noqa: F811
-    trainer = workflow(PRETRAIN, text_model_dir=str(tiny_text_model), ckpt_dir=str(tmp_path), resume=True)
+    trainer = workflow(PRETRAIN, text_model_dir=str(tiny_text_model), ckpt_dir=str(tmp_path), resume=True,
+                       max_length=24)  # the tiny model has 64 positions
     raised_by_config(ResumeCheckpointError, "no checkpoint", trainer.initialize)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -80,3 +81,51 @@ def test_run_demo_with_a_missing_module_prints_one_line_and_exits_0(tmp_path, mo
     assert run_demo.main(["--out", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1] == "[demo] not built yet: bundle.not_built_yet; demo pretraining skipped."
+
+
+CHAINED = """Traceback (most recent call last):
+  File "/x/manifest.py", line 80, in read_manifest
+    content = json.loads(path.read_text(encoding="utf-8"))
+FileNotFoundError: [Errno 2] No such file or directory: '/d/manifests/pretrain.json'
+
+The above exception was the direct cause of the following exception:
+
+Traceback (most recent call last):
+  File "/x/config_item.py", line 374, in evaluate
+    return eval(value[len(self.prefix) :], globals_, locals)
+bundle.data.manifest.ManifestError: manifest not found: /d/manifests/pretrain.json
+
+The above exception was the direct cause of the following exception:
+
+Traceback (most recent call last):
+  File "/x/workflows.py", line 1, in initialize
+RuntimeError: Failed to evaluate ConfigExpression: 
+2026-12-01 10:00:00,000 - INFO - a log line after it
+"""
+
+
+def test_traceback_filter_folds_tracebacks_and_finds_the_bundle_error():
+    from bundle.engines.error_report import TracebackFilter, bundle_error
+
+    shown = TracebackFilter()
+    visible = [text for line in CHAINED.splitlines() for text in shown.feed(line)]
+    assert visible == ["  FileNotFoundError: [Errno 2] No such file or directory: '/d/manifests/pretrain.json'", "", "",
+                       "  bundle.data.manifest.ManifestError: manifest not found: /d/manifests/pretrain.json", "", "",
+                       "  RuntimeError: Failed to evaluate ConfigExpression: ",
+                       "2026-12-01 10:00:00,000 - INFO - a log line after it"]
+    assert len(shown.lines) == len(CHAINED.splitlines())
+    assert bundle_error(shown.lines) == "ManifestError: manifest not found: /d/manifests/pretrain.json"
+
+
+@pytest.mark.slow
+def test_run_demo_prints_the_bundle_error_last_and_keeps_the_traceback_in_a_file(tmp_path, capsys):
+    run_demo = _load_run_demo()
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/pretrain.yaml", "--meta_file",
+           "metadata.json", "--dataset_dir", str(tmp_path / "no_data"), "--ckpt_dir", str(tmp_path / "models"),
+           "--output_dir", str(tmp_path / "runs")]
+    code, message = run_demo.run_bundle(cmd, log_path=str(tmp_path / "runs" / "error.log"))
+    out = capsys.readouterr().out
+    assert code != 0
+    assert message == f"ManifestError: manifest not found: {tmp_path / 'no_data' / 'manifests' / 'pretrain.json'}"
+    assert "Traceback" not in out and len(out.splitlines()) < 40
+    assert "Traceback (most recent call last):" in (tmp_path / "runs" / "error.log").read_text()

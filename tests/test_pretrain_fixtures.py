@@ -27,18 +27,20 @@ def minilm_dir() -> str:
 
 
 def make_tiny_text_model(path: Path) -> Path:
-    """A randomly initialised 2-layer BERT (hidden 32) with the MiniLM word-piece vocabulary and tokenizer."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    """A randomly initialised 2-layer BERT (hidden 32) with the MiniLM word-piece vocabulary and tokenizer.
+
+    The tokenizer is MiniLM's own, loaded and saved again: under transformers 5 `BertTokenizerFast(vocab_file=...)`
+    ignores the file and builds a 5-token vocabulary, which silently turned every test report into [UNK].
+    """
+    from transformers import AutoTokenizer, BertConfig, BertModel
 
     path.mkdir(parents=True, exist_ok=True)
-    vocab = os.path.join(minilm_dir(), "vocab.txt")
-    with open(vocab, encoding="utf-8") as f:
-        vocab_size = sum(1 for _ in f)
-    config = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir(), local_files_only=True)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=64)
     BertModel(config).save_pretrained(str(path))
-    shutil.copy(vocab, path / "vocab.txt")
-    BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True).save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    shutil.copy(os.path.join(minilm_dir(), "vocab.txt"), path / "vocab.txt")
     return path
 
 
@@ -126,6 +128,15 @@ def test_tiny_text_model_passes_the_preflight_check(tiny_text_model):
     from bundle.engines.preflight import check_text_model_dir
 
     assert check_text_model_dir(str(tiny_text_model)) == str(tiny_text_model)
+
+
+def test_tiny_text_model_tokenizer_gives_real_word_piece_ids(tiny_text_model):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_text_model), local_files_only=True)
+    assert len(tokenizer) == 30522
+    # the uncased BERT vocabulary (vocab.txt lines 2541, 2947, 3672): one piece per word, none of them [UNK] (100)
+    assert tokenizer("heart size normal", add_special_tokens=False)["input_ids"] == [2540, 2946, 3671]
 
 
 def test_tiny_dataset_manifest_loads_with_absolute_existing_paths(tiny_dataset):

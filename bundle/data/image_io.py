@@ -86,7 +86,11 @@ def read_dicom(path: str) -> np.ndarray:
     except (InvalidDicomError, EOFError, ValueError, KeyError) as e:
         raise RadiographReadError(f"{path}: not a readable DICOM file ({e})") from e
     if "PixelData" not in ds:
-        raise RadiographReadError(f"{path}: DICOM file without pixel data")
+        if "Rows" in ds and "Columns" in ds:   # an image header: the data were cut off (half-downloaded file)
+            raise RadiographReadError(f"{path}: DICOM file ends before its pixel data ({os.path.getsize(path)} bytes "
+                                      f"for a {ds.Rows} x {ds.Columns} image): truncated, download it again")
+        raise RadiographReadError(f"{path}: DICOM file without pixel data (no image attributes either: not an "
+                                  "image object)")
     try:
         arr = ds.pixel_array
     except Exception as e:   # missing decoder plugin, truncated data: pydicom raises several types

@@ -110,6 +110,9 @@ class TokenizeReportd(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
+        for key in self.keys:
+            if key not in d and not self.allow_missing_keys:
+                raise KeyError(f"item {d.get('id', '?')}: no '{key}' (a pretraining item needs its report text)")
         for key in self.key_iterator(d):
             text = d[key]
             if text is None:

@@ -8,13 +8,17 @@ Files in `ckpt_dir` (names are config values):
     stage2_best.pt       model weights with the lowest stage-2 validation loss
     model.pt             the exported whole pretraining model (plain state dict)
     image_encoder.pt     the exported MONAI image encoder (plain state dict, loads with weights_only=True)
-Every file holds tensors and plain values only.
+Every file holds tensors and plain values only, and every write is atomic (a temporary file renamed over the target),
+so a run killed at any moment leaves each file either complete or as it was before; temporary files of killed
+writers (`<name>.tmp.<pid>`) are removed when a saver starts.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import re
 from collections.abc import Mapping
 
 import torch
@@ -22,8 +26,11 @@ from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.utils import min_version, optional_import
 
 from bundle.engines import distributed as dist_utils
+from bundle.engines.preflight import ResumeCheckpointError
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
+Checkpoint, _ = optional_import("ignite.handlers", "0.4.11", min_version, "Checkpoint")
+BaseSaveHandler, _ = optional_import("ignite.handlers.checkpoint", "0.4.11", min_version, "BaseSaveHandler")
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +45,122 @@ def atomic_torch_save(obj, path: str) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+TEMP_FILE = re.compile(r"^.+\.tmp\.(\d+)$")
+
+
+def _pid_running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temp_files(directory: str) -> list[str]:
+    """Delete the `<name>.tmp.<pid>` files of atomic_torch_save whose writer is no longer running; returns them."""
+    removed = []
+    if not directory or not os.path.isdir(directory):
+        return removed
+    for name in sorted(os.listdir(directory)):
+        match = TEMP_FILE.match(name)
+        path = os.path.join(directory, name)
+        if match and os.path.isfile(path) and not _pid_running(int(match.group(1))):
+            os.remove(path)
+            removed.append(path)
+    if removed:
+        logger.warning("removed %d temporary file(s) left by a killed run: %s", len(removed), removed)
+    return removed
+
+
+def load_checkpoint_file(path: str, what: str = "checkpoint"):
+    """torch.load(weights_only=True) with an error naming the file when it is missing, truncated or not a checkpoint."""
+    if not os.path.isfile(path):
+        raise ResumeCheckpointError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, pickle with non-tensor objects, ...: torch raises many types
+        raise ResumeCheckpointError(f"{what} {path} cannot be read ({type(e).__name__}: {e}); it may be truncated "
+                                    "by a killed run or not a checkpoint of this bundle") from e
+
+
+class AtomicDiskSaver(BaseSaveHandler):
+    """Ignite save handler: atomic torch.save on rank 0, optionally under one fixed file name.
+
+    With a fixed name, ignite's "remove the previous best, then save" becomes a single atomic replace: there is no
+    moment without the file, and removing a file that is already gone (a run killed in between by an older version)
+    is not an error.
+    """
+
+    def __init__(self, dirname: str, filename: str | None = None) -> None:
+        self.dirname = dirname
+        self.filename = filename
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        if dist_utils.is_main_process():
+            atomic_torch_save(checkpoint, os.path.join(self.dirname, self.filename or filename))
+
+    def remove(self, filename: str) -> None:
+        if self.filename is not None or not dist_utils.is_main_process():
+            return  # the fixed file is replaced atomically by the save that follows
+        path = os.path.join(self.dirname, filename)
+        if os.path.isfile(path):
+            os.remove(path)
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI CheckpointSaver whose files are written atomically (MONAI's own uses DiskSaver(atomic=False)), that
+    never takes a non-finite key metric (NaN validation) as the best, and that clears stale temporary files on attach.
+    Same arguments as monai.handlers.CheckpointSaver."""
+
+    def __init__(self, save_dir: str, save_dict: dict, **kwargs) -> None:
+        super().__init__(save_dir=save_dir, save_dict=save_dict, **kwargs)
+        self.key_metric_name = kwargs.get("key_metric_name")
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if checkpoint is not None:
+                checkpoint.save_handler = AtomicDiskSaver(save_dir, getattr(checkpoint.save_handler, "filename", None))
+
+    def attach(self, engine) -> None:
+        if dist_utils.is_main_process():
+            remove_stale_temp_files(self.save_dir)
+        super().attach(engine)
+
+    def metrics_completed(self, engine) -> None:
+        name = self.key_metric_name or getattr(engine.state, "key_metric_name", None)
+        value = engine.state.metrics.get(name) if name else None
+        try:
+            finite = value is None or math.isfinite(float(value))
+        except (TypeError, ValueError):
+            finite = True  # not a scalar: MONAI's own handling (a warning, no save)
+        if not finite:
+            logger.warning("epoch %s: key metric %s is %s; not a candidate for the best checkpoint in %s",
+                           engine.state.epoch, name, value, self.save_dir)
+            return
+        super().metrics_completed(engine)
+
+
+class RunSettings:
+    """Settings that define what an epoch is; stored in last.pt, and a resume with other values is an error
+    (iteration counts and the learning-rate schedule would silently mean something else)."""
+
+    def __init__(self, **settings) -> None:
+        self.settings = {k: (v if isinstance(v, (bool, int, float, str)) or v is None else str(v))
+                         for k, v in settings.items()}
+
+    def state_dict(self) -> dict:
+        return dict(self.settings)
+
+    def load_state_dict(self, state: Mapping) -> None:
+        differ = {k: (state[k], v) for k, v in self.settings.items() if k in state and state[k] != v}
+        if differ:
+            shown = ", ".join(f"{k}: {old!r} in the checkpoint, {new!r} now" for k, (old, new) in differ.items())
+            raise ResumeCheckpointError(f"cannot resume with other run settings ({shown}); resume with the "
+                                        "checkpoint's values or start a new run in another ckpt_dir")
 
 
 def _state_dict_of(obj):
@@ -86,6 +209,8 @@ class ResumeCheckpointSaver:
     def attach(self, engine) -> None:
         if self.engine_key:
             self.save_dict[self.engine_key] = engine
+        if dist_utils.is_main_process():
+            remove_stale_temp_files(self.save_dir)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
         if self.every_n_iterations > 0:
             engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.every_n_iterations), self._save_inside_epoch)
@@ -108,17 +233,45 @@ class ResumeCheckpointSaver:
 class ResumeCheckpointLoader(CheckpointLoader):
     """MONAI CheckpointLoader that also restores the engine it is attached to (saved under `engine_key`).
 
-    Attach it first, so every other STARTED handler sees the restored state.
+    Attach it first, so every other STARTED handler sees the restored state. Before anything is restored it checks
+    that the file is readable and that its epoch length (iterations per epoch) is the current one: ignite would
+    otherwise silently adopt the old epoch length. Entries named in `optional_keys` may be absent from older files.
     """
 
-    def __init__(self, load_path: str, load_dict: dict, engine_key: str | None = "trainer", **kwargs) -> None:
+    def __init__(self, load_path: str, load_dict: dict, engine_key: str | None = "trainer",
+                 optional_keys: tuple[str, ...] = ("run_settings",), **kwargs) -> None:
         super().__init__(load_path=load_path, load_dict=dict(load_dict), **kwargs)
         self.engine_key = engine_key
+        self.optional_keys = tuple(optional_keys)
 
     def attach(self, engine) -> None:
         if self.engine_key:
             self.load_dict[self.engine_key] = engine
         super().attach(engine)
+
+    def __call__(self, engine) -> None:
+        checkpoint = load_checkpoint_file(self.load_path, "resume checkpoint")
+        if not isinstance(checkpoint, Mapping):
+            raise ResumeCheckpointError(f"resume checkpoint {self.load_path} is not a dict of saved objects")
+        load_dict = {k: v for k, v in self.load_dict.items() if k in checkpoint or k not in self.optional_keys}
+        missing = sorted(set(load_dict) - set(checkpoint))
+        if missing:
+            raise ResumeCheckpointError(f"resume checkpoint {self.load_path} lacks {missing} (it holds "
+                                        f"{sorted(checkpoint)}): not a last.pt of this workflow")
+        saved = checkpoint.get(self.engine_key, {}).get("epoch_length") if self.engine_key else None
+        current = engine.state.epoch_length
+        if saved and current and int(saved) != int(current):
+            raise ResumeCheckpointError(
+                f"resume checkpoint {self.load_path} was written with {saved} iterations per epoch, this run has "
+                f"{current}: batch_size, the number of processes or the training split changed. Resume with the "
+                "same settings, or start a new run in another ckpt_dir")
+        prior_max_epochs = engine.state.max_epochs
+        Checkpoint.load_objects(to_load=load_dict, checkpoint=checkpoint, strict=self.strict)
+        if prior_max_epochs is not None and engine.state.epoch > prior_max_epochs:
+            raise ResumeCheckpointError(f"resume checkpoint {self.load_path} is at epoch {engine.state.epoch}, "
+                                        f"beyond this run's {prior_max_epochs} epochs")
+        engine.state.max_epochs = prior_max_epochs
+        logger.info("restored all variables from %s", self.load_path)
 
 
 def current_stage(stage_source) -> int:
@@ -128,7 +281,7 @@ def current_stage(stage_source) -> int:
     return int(stage_source.stage)
 
 
-class StageBestCheckpointSaver(CheckpointSaver):
+class StageBestCheckpointSaver(AtomicCheckpointSaver):
     """MONAI CheckpointSaver of the best model by validation loss, active only while `stage_source.stage == stage`.
 
     Attach one per stage to the evaluator; each keeps its own file and its own best value, so stage 2's best is

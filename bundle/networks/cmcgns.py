@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bundle.engines.options import bool_arguments
 from bundle.losses.cluster_report_loss import ClusterGuidedReportLoss
 from bundle.losses.diagnostics import local_diagnostics
 from bundle.losses.global_contrastive import GlobalContrastiveLoss
@@ -43,6 +44,7 @@ def _projection(in_dim: int, out_dim: int) -> nn.Linear:
     return layer
 
 
+@bool_arguments  # `--network_def#sync_centroids false` arrives as a string
 class CMCGNS(nn.Module):
     """CM-CGNS for image-report pretraining.
 

@@ -51,6 +51,12 @@ def make_parser(dataset: str, description: str) -> argparse.ArgumentParser:
                              "image paths in the manifests are relative to OUT")
     parser.add_argument("--seed", type=int, default=0, help="seed of the splits and of the label-fraction subsets")
     parser.add_argument("--strict", action="store_true", help="stop at the first skipped record instead of counting it")
+    parser.add_argument("--check_decode", action="store_true",
+                        help="fully decode every image before writing the manifests (slow, parallel): a file whose "
+                             "header is intact but whose data is cut off is skipped and listed, instead of failing "
+                             "in training")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="processes for --check_decode (0: min(8, CPU count))")
     parser.add_argument("--log_level", default="INFO")
     return parser
 
@@ -266,12 +272,64 @@ def _split_summary(items: Sequence[dict], classes_of) -> dict:
     return summary
 
 
+def _decode_problem(path: str) -> str | None:
+    """None when `path` decodes fully as a radiograph, else the reader's message (runs in worker processes)."""
+    from bundle.data.image_io import load_radiograph
+
+    try:
+        load_radiograph(path)
+    except Exception as e:  # every reader error is a reason to skip the record, named in the summary
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def decode_problems(paths: Sequence[str], workers: int = 1) -> dict[str, str]:
+    """{path: problem} for the images that do not decode, with a progress bar; `workers` > 1 uses processes."""
+    unique = sorted(set(paths))
+    if workers <= 1 or len(unique) < 2:
+        results = [_decode_problem(p) for p in progress(unique, total=len(unique), desc="decode check")]
+    else:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = list(progress(pool.map(_decode_problem, unique, chunksize=16), total=len(unique),
+                                    desc=f"decode check ({workers} processes)"))
+    return {p: r for p, r in zip(unique, results) if r is not None}
+
+
+def drop_undecodable(out_dir: Path, outputs: Sequence[ManifestOutput], skips: SkipLog, workers: int = 1) -> int:
+    """Remove items whose image does not fully decode from every output (counted as skips); returns how many."""
+    def resolved(image: str) -> str:  # normpath: OUT may not exist yet, so "OUT/../src" must not reach the OS
+        return os.path.normpath(os.path.join(os.path.abspath(out_dir), image))
+
+    paths = {resolved(item["image"]) for output in outputs for items in output.splits.values()
+             for item in items if isinstance(item.get("image"), str)}
+    problems = decode_problems(sorted(paths), workers)
+    dropped = 0
+    for output in outputs:
+        for split, items in output.splits.items():
+            kept = []
+            for item in items:
+                problem = problems.get(resolved(item["image"])) if isinstance(item.get("image"), str) else None
+                if problem:
+                    skips.skip("image cannot be decoded (truncated or corrupt)", str(item["id"]), problem)
+                    dropped += 1
+                else:
+                    kept.append(item)
+            output.splits[split] = kept
+    LOG.info("decode check: %d image file(s) checked, %d do not decode", len(paths), len(problems))
+    return dropped
+
+
 def write_outputs(out_dir: Path, report: PreparationReport, outputs: Sequence[ManifestOutput],
                   fractions: Sequence[float] = DEFAULT_FRACTIONS) -> dict:
     """Check, complete (meta, label fractions) and write every manifest, then the summary JSON; print the summary."""
     from bundle.data.manifest import write_manifest
 
     manifest_dir = Path(out_dir) / "manifests"
+    if report.arguments.get("check_decode"):
+        report.notes["decode_check_failures"] = drop_undecodable(out_dir, outputs, report.skips,
+                                                                  int(report.arguments.get("workers") or min(8, os.cpu_count() or 1)))
     summary = {"dataset": report.dataset, "source": report.source, "seed": report.seed,
                "script_version": SCRIPT_VERSION, "arguments": report.arguments,
                "skipped": report.skips.as_dict(), "filtered": dict(sorted(report.filtered.items())),
