@@ -42,23 +42,11 @@ from monai.bundle import ConfigParser  # noqa: E402
 from bundle.data.label_fractions import fraction_key  # noqa: E402
 from bundle.downstream.cached_linear_probe import (CachedFeatures, evaluate_head, extract_features,  # noqa: E402
                                                    train_linear_head)
+from bundle.downstream.encoder_loading import parse_encoder  # noqa: E402
 from bundle.downstream.metrics import MacroAUROC  # noqa: E402
 
 logger = logging.getLogger("evaluate_transfer")
 CONFIGS = [str(ROOT / "configs" / "common.yaml"), str(ROOT / "configs" / "classification.yaml")]
-
-
-def parse_encoder(spec: str) -> tuple[str, str, str | None]:
-    """"label=source[:weights]" -> (label, source, weights)."""
-    if "=" not in spec:
-        spec = f"{spec}={spec}"
-    label, rest = spec.split("=", 1)
-    source, _, weights = rest.partition(":")
-    if source not in ("cmcgns", "imagenet", "random"):
-        raise SystemExit(f"--encoder {spec!r}: source must be cmcgns, imagenet or random")
-    if source != "random" and not weights:
-        raise SystemExit(f"--encoder {spec!r}: source {source} needs a weights file (label={source}:FILE)")
-    return label, source, weights or None
 
 
 def config_parser(args, **overrides) -> ConfigParser:

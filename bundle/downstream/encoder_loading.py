@@ -56,3 +56,16 @@ def build_downstream_encoder(source: str = "cmcgns", weights: str | Path | None 
     if source == "cmcgns":
         load_cmcgns_encoder_weights(encoder, weights)
     return encoder
+
+
+def parse_encoder(spec: str) -> tuple[str, str, str | None]:
+    """A grid runner's `--encoder label=source[:weights]` -> (label, source, weights); "random" alone is allowed."""
+    if "=" not in spec:
+        spec = f"{spec}={spec}"
+    label, rest = spec.split("=", 1)
+    source, _, weights = rest.partition(":")
+    if source not in ENCODER_SOURCES:
+        raise SystemExit(f"--encoder {spec!r}: source must be cmcgns, imagenet or random")
+    if source != "random" and not weights:
+        raise SystemExit(f"--encoder {spec!r}: source {source} needs a weights file (label={source}:FILE)")
+    return label, source, weights or None

@@ -21,25 +21,13 @@ import torch
 from monai.bundle import ConfigParser
 
 from bundle.data.label_fractions import fraction_key
+from bundle.downstream.encoder_loading import parse_encoder
 
 logger = logging.getLogger("evaluate_transfer.segmentation")
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = [str(ROOT / "configs" / "common.yaml"), str(ROOT / "configs" / "segmentation.yaml")]
 METRICS = (("mgca_dice", "MGCA Dice (per image, batch means)"), ("mean_dice", "mean per-image Dice (MONAI DiceMetric)"),
            ("pooled_dice", "pooled Dice (all pixels)"))
-
-
-def parse_encoder(spec: str) -> tuple[str, str, str | None]:
-    """"label=source[:weights]" -> (label, source, weights)."""
-    if "=" not in spec:
-        spec = f"{spec}={spec}"
-    label, rest = spec.split("=", 1)
-    source, _, weights = rest.partition(":")
-    if source not in ("cmcgns", "imagenet", "random"):
-        raise SystemExit(f"--encoder {spec!r}: source must be cmcgns, imagenet or random")
-    if source != "random" and not weights:
-        raise SystemExit(f"--encoder {spec!r}: source {source} needs a weights file (label={source}:FILE)")
-    return label, source, weights or None
 
 
 def parse_fraction_epochs(spec: str | None) -> dict[float, int]:
