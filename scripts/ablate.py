@@ -56,11 +56,17 @@ STAGE1_ONLY = ["--stage1_epochs", "{total}", "--stage2_epochs", "0"]
 # label -> (description, extra config files, overrides); "{total}" is stage1_epochs + stage2_epochs of the demo.
 VARIANTS = {
     "a_random": ("random init (no pretraining)", [], None),
-    "b_global": ("global contrastive only", [], STAGE1_ONLY + ["--network_def#weight_img", "0.0",
-                                                               "--network_def#weight_report", "0.0"]),
+    "b_global": (
+        "global contrastive only",
+        [],
+        STAGE1_ONLY + ["--network_def#weight_img", "0.0", "--network_def#weight_report", "0.0"],
+    ),
     "c_img": ("+ local image loss", [], STAGE1_ONLY + ["--network_def#weight_report", "0.0"]),
-    "d_report": ("+ local report InfoNCE (no clustering)", [], STAGE1_ONLY + ["--network_def#kmeans_start_cosine",
-                                                                             "-2.0"]),
+    "d_report": (
+        "+ local report InfoNCE (no clustering)",
+        [],
+        STAGE1_ONLY + ["--network_def#kmeans_start_cosine", "-2.0"],
+    ),
     "e_stage1": ("+ cluster hard negatives + BML (stage 1)", [], STAGE1_ONLY),
     "f_full": ("+ CM-MIR = full CM-CGNS (fixed)", [], []),
     "g_official": ("full CM-CGNS, official settings", ["configs/official.yaml"], []),
@@ -94,17 +100,37 @@ def pretrain(name: str, seed: int, args, total_epochs: int) -> Path:
         return run_dir
     configs, overrides = variant_overrides(name, total_epochs)
     files = "[" + ",".join(f"'{c}'" for c in PRETRAIN_CONFIGS + configs) + "]"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files, "--meta_file", "metadata.json",
-           "--logging_file", "configs/logging.conf", "--dataset_dir", os.path.abspath(args.dataset_dir),
-           "--seed", str(seed), "--ckpt_dir", str(run_dir / "models"), "--output_dir", str(run_dir / "run"),
-           *args.pretrain_override, *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        files,
+        "--meta_file",
+        "metadata.json",
+        "--logging_file",
+        "configs/logging.conf",
+        "--dataset_dir",
+        os.path.abspath(args.dataset_dir),
+        "--seed",
+        str(seed),
+        "--ckpt_dir",
+        str(run_dir / "models"),
+        "--output_dir",
+        str(run_dir / "run"),
+        *args.pretrain_override,
+        *overrides,
+    ]
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     run_dir.mkdir(parents=True, exist_ok=True)
     logger.info("%s seed %d: pretraining (%s)", name, seed, shlex.join(cmd[3:]))
     with open(run_dir / "pretrain.log", "w", encoding="utf-8") as log:
         result = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     if result.returncode != 0 or not model.is_file():
-        raise SystemExit(f"{name} seed {seed}: pretraining failed (exit {result.returncode}); see {run_dir}/pretrain.log")
+        raise SystemExit(
+            f"{name} seed {seed}: pretraining failed (exit {result.returncode}); see {run_dir}/pretrain.log"
+        )
     return run_dir
 
 
@@ -131,18 +157,36 @@ def retrieval(name: str, seed: int, run_dir: Path | None, args, total_epochs: in
         model.load_state_dict(read_state_dict(run_dir / "models" / "model.pt"))
     embeddings = embed_split(model, parser.get_parsed_content("validate#dataloader"))
     out = split_retrieval(embeddings)
-    out.update(local_top1=embeddings["local_top1"], local_chance_top1=embeddings["local_chance_top1"],
-               pairs=len(embeddings["ids"]))
+    out.update(
+        local_top1=embeddings["local_top1"],
+        local_chance_top1=embeddings["local_chance_top1"],
+        pairs=len(embeddings["ids"]),
+    )
     return out
 
 
 def linear_probe(label: str, source: str, weights: str | None, seed: int, args, settings: dict, transfer) -> dict:
     probe_args = SimpleNamespace(
-        dataset_dir=args.dataset_dir, manifest=None, task="multilabel", encoder_name=settings["network_def#image_encoder"],
-        image_size=settings["image_size"], crop_size=settings["crop_size"], mode="linear_probe", pooling="avg",
-        fractions=args.fractions, seeds=args.head_seeds, lr=args.probe_lr, weight_decay=1e-6, batch_size=32,
-        feature_batch_size=64, max_epochs=args.probe_epochs, patience=args.probe_patience, num_workers=0, config=[],
-        encoder_seed=seed)
+        dataset_dir=args.dataset_dir,
+        manifest=None,
+        task="multilabel",
+        encoder_name=settings["network_def#image_encoder"],
+        image_size=settings["image_size"],
+        crop_size=settings["crop_size"],
+        mode="linear_probe",
+        pooling="avg",
+        fractions=args.fractions,
+        seeds=args.head_seeds,
+        lr=args.probe_lr,
+        weight_decay=1e-6,
+        batch_size=32,
+        feature_batch_size=64,
+        max_epochs=args.probe_epochs,
+        patience=args.probe_patience,
+        num_workers=0,
+        config=[],
+        encoder_seed=seed,
+    )
     rows = transfer.run_linear_probe_grid(probe_args, [(label, source, weights)], "auroc")
     out = {}
     for fraction in args.fractions:
@@ -159,8 +203,11 @@ def final_training_diagnostics(run_dir: Path) -> dict:
     train, _ = read_history(str(run_dir / "run" / "history.jsonl"))
     last = train[-20:]
     keys = ("loss_report", "loss_img", "centroid_usage", "diag_tok_std", "diag_tok_cos_within", "diag_a1_entropy")
-    return {f"train_{k}": statistics.mean(r[k] for r in last if r.get(k) is not None) for k in keys
-            if any(r.get(k) is not None for r in last)}
+    return {
+        f"train_{k}": statistics.mean(r[k] for r in last if r.get(k) is not None)
+        for k in keys
+        if any(r.get(k) is not None for r in last)
+    }
 
 
 def mean_sd(values: list[float], digits: int = 3) -> str:
@@ -172,10 +219,18 @@ def mean_sd(values: list[float], digits: int = 3) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-COLUMNS = [("auroc_0.01", "LP AUROC 1%", 3), ("auroc_0.1", "LP AUROC 10%", 3), ("auroc_1", "LP AUROC 100%", 3),
-           ("i2t_R@1", "i2t R@1", 3), ("i2t_R@5", "i2t R@5", 3), ("i2t_R@10", "i2t R@10", 3),
-           ("t2i_R@1", "t2i R@1", 3), ("t2i_R@5", "t2i R@5", 3), ("t2i_R@10", "t2i R@10", 3),
-           ("local_top1", "local top-1", 3)]
+COLUMNS = [
+    ("auroc_0.01", "LP AUROC 1%", 3),
+    ("auroc_0.1", "LP AUROC 10%", 3),
+    ("auroc_1", "LP AUROC 100%", 3),
+    ("i2t_R@1", "i2t R@1", 3),
+    ("i2t_R@5", "i2t R@5", 3),
+    ("i2t_R@10", "i2t R@10", 3),
+    ("t2i_R@1", "t2i R@1", 3),
+    ("t2i_R@5", "t2i R@5", 3),
+    ("t2i_R@10", "t2i R@10", 3),
+    ("local_top1", "local top-1", 3),
+]
 
 
 def write_report(results: list[dict], args, seconds: float) -> None:
@@ -183,38 +238,60 @@ def write_report(results: list[dict], args, seconds: float) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "demo_ablation.json").write_text(json.dumps(results, indent=1, sort_keys=True), encoding="utf-8")
     names = list(dict.fromkeys(r["variant"] for r in results))
-    lines = ["# Demo ablation: what each CM-CGNS component adds", "",
-             f"Pretraining seeds {args.seeds} per variant (mean ± sample standard deviation over them; each linear-"
-             f"probe value is first averaged over head seeds {args.head_seeds}). Demo data, demo settings "
-             "(configs/demo_pretrain.yaml), the same number of steps for every pretrained variant. All numbers on "
-             "the demo TEST split; settings were chosen on the validation split (docs/method_notes.md).", "",
-             "- LP AUROC: linear probe on cached frozen features, test macro AUROC over the demo classes, at 1 / 10 / "
-             "100 % of the training labels (best head by validation AUROC).",
-             "- i2t / t2i R@k: image -> report and report -> image retrieval over the whole test split "
-             f"({results[0].get('pairs', '?')} pairs; chance R@1 / R@5 / R@10 = "
-             f"{results[0].get('chance_R@1', float('nan')):.4f} / {results[0].get('chance_R@5', float('nan')):.4f} / "
-             f"{results[0].get('chance_R@10', float('nan')):.4f}).",
-             "- local top-1: each sentence's z1 finds its own image-to-text feature z2 among the N sentences of a "
-             f"batch of 32 (chance 1/N = {mean_sd([r['local_chance_top1'] for r in results], 4)}).", "",
-             "| variant | " + " | ".join(c[1] for c in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
+    lines = [
+        "# Demo ablation: what each CM-CGNS component adds",
+        "",
+        f"Pretraining seeds {args.seeds} per variant (mean ± sample standard deviation over them; each linear-"
+        f"probe value is first averaged over head seeds {args.head_seeds}). Demo data, demo settings "
+        "(configs/demo_pretrain.yaml), the same number of steps for every pretrained variant. All numbers on "
+        "the demo TEST split; settings were chosen on the validation split (docs/method_notes.md).",
+        "",
+        "- LP AUROC: linear probe on cached frozen features, test macro AUROC over the demo classes, at 1 / 10 / "
+        "100 % of the training labels (best head by validation AUROC).",
+        "- i2t / t2i R@k: image -> report and report -> image retrieval over the whole test split "
+        f"({results[0].get('pairs', '?')} pairs; chance R@1 / R@5 / R@10 = "
+        f"{results[0].get('chance_R@1', float('nan')):.4f} / {results[0].get('chance_R@5', float('nan')):.4f} / "
+        f"{results[0].get('chance_R@10', float('nan')):.4f}).",
+        "- local top-1: each sentence's z1 finds its own image-to-text feature z2 among the N sentences of a "
+        f"batch of 32 (chance 1/N = {mean_sd([r['local_chance_top1'] for r in results], 4)}).",
+        "",
+        "| variant | " + " | ".join(c[1] for c in COLUMNS) + " |",
+        "|---|" + "---|" * len(COLUMNS),
+    ]
     for name in names:
         rows = [r for r in results if r["variant"] == name]
         cells = [mean_sd([r.get(key) for r in rows], d) for key, _, d in COLUMNS]
         lines.append(f"| {name} {VARIANTS[name][0]} | " + " | ".join(cells) + " |")
-    lines += ["", "Training diagnostics at the end of pretraining (mean of the last 20 steps; see "
-              "docs/method_notes.md for their meaning):", "",
-              "| variant | loss_report | loss_img | centroid usage | token std ratio | token cos within image | "
-              "A1 entropy |", "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Training diagnostics at the end of pretraining (mean of the last 20 steps; see "
+        "docs/method_notes.md for their meaning):",
+        "",
+        "| variant | loss_report | loss_img | centroid usage | token std ratio | token cos within image | A1 entropy |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name in names:
         rows = [r for r in results if r["variant"] == name and "train_loss_report" in r]
         if rows:
-            cells = [mean_sd([r.get(f"train_{k}") for r in rows]) for k in
-                     ("loss_report", "loss_img", "centroid_usage", "diag_tok_std", "diag_tok_cos_within",
-                      "diag_a1_entropy")]
+            cells = [
+                mean_sd([r.get(f"train_{k}") for r in rows])
+                for k in (
+                    "loss_report",
+                    "loss_img",
+                    "centroid_usage",
+                    "diag_tok_std",
+                    "diag_tok_cos_within",
+                    "diag_a1_entropy",
+                )
+            ]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", f"Command: `python scripts/ablate.py {shlex.join(args.argv)}`; wall time {seconds / 60:.1f} min on "
-              f"{os.cpu_count()} CPU cores{' + GPU' if torch.cuda.is_available() else ''} (pretraining runs one "
-              "after the other).", ""]
+    lines += [
+        "",
+        f"Command: `python scripts/ablate.py {shlex.join(args.argv)}`; wall time {seconds / 60:.1f} min on "
+        f"{os.cpu_count()} CPU cores{' + GPU' if torch.cuda.is_available() else ''} (pretraining runs one "
+        "after the other).",
+        "",
+    ]
     (out_dir / "demo_ablation.md").write_text("\n".join(lines), encoding="utf-8")
 
     import matplotlib
@@ -222,8 +299,12 @@ def write_report(results: list[dict], args, seconds: float) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("auroc_0.01", "LP AUROC 1%"), ("auroc_1", "LP AUROC 100%"), ("i2t_R@10", "i2t R@10 (test)"),
-              ("local_top1", "local report top-1")]
+    panels = [
+        ("auroc_0.01", "LP AUROC 1%"),
+        ("auroc_1", "LP AUROC 100%"),
+        ("i2t_R@10", "i2t R@10 (test)"),
+        ("local_top1", "local report top-1"),
+    ]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.8))
     for ax, (key, title) in zip(axes, panels):
         for i, name in enumerate(names):
@@ -250,9 +331,11 @@ def main(argv=None) -> int:
     p.add_argument("--probe_lr", type=float, default=0.01)
     p.add_argument("--probe_epochs", type=int, default=100)
     p.add_argument("--probe_patience", type=int, default=20)
-    p.add_argument("--pretrain_overrides", default="",
-                   help="extra bundle overrides for every pretraining run, one quoted string "
-                        "(e.g. \"--demo_train_items 1200\")")
+    p.add_argument(
+        "--pretrain_overrides",
+        default="",
+        help='extra bundle overrides for every pretraining run, one quoted string (e.g. "--demo_train_items 1200")',
+    )
     p.add_argument("--work_dir", default=str(ROOT / "runs" / "ablation"))
     p.add_argument("--results_dir", default=str(ROOT / "docs" / "results"))
     args = p.parse_args(argv)
@@ -280,8 +363,11 @@ def main(argv=None) -> int:
         if run_dir is None:
             row.update(linear_probe(name, "random", None, seed, args, settings, transfer))
         else:
-            row.update(linear_probe(name, "cmcgns", str(run_dir / "models" / "image_encoder.pt"), seed, args,
-                                    settings, transfer))
+            row.update(
+                linear_probe(
+                    name, "cmcgns", str(run_dir / "models" / "image_encoder.pt"), seed, args, settings, transfer
+                )
+            )
             row.update(final_training_diagnostics(run_dir))
         row.update(retrieval(name, seed, run_dir, args, total))
         row["seconds"] = time.perf_counter() - cell_start
@@ -289,9 +375,20 @@ def main(argv=None) -> int:
         cached.parent.mkdir(parents=True, exist_ok=True)
         cached.write_text(json.dumps(row, sort_keys=True), encoding="utf-8")
         elapsed = time.perf_counter() - start
-        logger.info("[%d/%d] %s seed %d done in %.0f s: LP AUROC 1%% %.3f, 100%% %.3f, i2t R@10 %.3f, local top-1 "
-                    "%.3f (ETA %.0f min)", done, len(cells), name, seed, row["seconds"], row["auroc_0.01"],
-                    row["auroc_1"], row["i2t_R@10"], row["local_top1"], elapsed / done * (len(cells) - done) / 60)
+        logger.info(
+            "[%d/%d] %s seed %d done in %.0f s: LP AUROC 1%% %.3f, 100%% %.3f, i2t R@10 %.3f, local top-1 "
+            "%.3f (ETA %.0f min)",
+            done,
+            len(cells),
+            name,
+            seed,
+            row["seconds"],
+            row["auroc_0.01"],
+            row["auroc_1"],
+            row["i2t_R@10"],
+            row["local_top1"],
+            elapsed / done * (len(cells) - done) / 60,
+        )
         write_report(results, args, time.perf_counter() - start)  # a partial table survives an interruption
     logger.info("wrote %s/demo_ablation.{md,json,png} (%.1f min)", args.results_dir, (time.perf_counter() - start) / 60)
     return 0

@@ -38,8 +38,15 @@ def tiny_bert_dir(hidden: int, folder: Path) -> Path:
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b"]
-    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=1, num_attention_heads=12,
-                         intermediate_size=hidden)).save_pretrained(folder)
+    BertModel(
+        BertConfig(
+            vocab_size=len(vocab),
+            hidden_size=hidden,
+            num_hidden_layers=1,
+            num_attention_heads=12,
+            intermediate_size=hidden,
+        )
+    ).save_pretrained(folder)
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
     BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
     return folder
@@ -88,15 +95,22 @@ def main() -> int:
     torch.manual_seed(0)
 
     with tempfile.TemporaryDirectory() as folder:
-        model = CMCGNS(tiny_bert_dir(args.text_width, Path(folder)), image_encoder="resnet50", image_size=224,
-                       embed_dim=args.embed_dim, num_clusters=args.clusters).train()
+        model = CMCGNS(
+            tiny_bert_dir(args.text_width, Path(folder)),
+            image_encoder="resnet50",
+            image_size=224,
+            embed_dim=args.embed_dim,
+            num_clusters=args.clusters,
+        ).train()
     state = model.report_loss.state
     state.centroids.copy_(torch.nn.functional.normalize(torch.randn(args.clusters, args.embed_dim), dim=-1))
     state.initialized.fill_(True)  # time the full loss: update, hard negatives, BML
     counts, sentence_index, local, global_, tokens, image = make_features(args, torch.Generator().manual_seed(0))
     n_sentences = sum(counts)
-    print(f"B={args.batch} sentences={n_sentences} (mean {n_sentences / args.batch:.1f}/report) L={args.length} "
-          f"P=49x2048 text width={args.text_width} D={args.embed_dim} K={args.clusters} threads={args.threads}")
+    print(
+        f"B={args.batch} sentences={n_sentences} (mean {n_sentences / args.batch:.1f}/report) L={args.length} "
+        f"P=49x2048 text width={args.text_width} D={args.embed_dim} K={args.clusters} threads={args.threads}"
+    )
 
     def batched_forward():
         with torch.no_grad():
@@ -132,15 +146,39 @@ def main() -> int:
         print(f"{name:26s} median {statistics.median(times) * 1000:9.1f} ms  (min {min(times) * 1000:.1f} ms)")
     speedup_fwd = results["loop_forward"]["median_s"] / results["batched_forward"]["median_s"]
     speedup_step = results["loop_forward_backward"]["median_s"] / results["batched_forward_backward"]["median_s"]
-    print(f"speed-up forward {speedup_fwd:.1f}x, forward+backward {speedup_step:.1f}x (required >= {args.min_speedup}x)")
+    print(
+        f"speed-up forward {speedup_fwd:.1f}x, forward+backward {speedup_step:.1f}x (required >= {args.min_speedup}x)"
+    )
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else ""
+    )
     record = {
-        "workload": {"batch": args.batch, "sentences": n_sentences, "tokens": args.length, "image_tokens": 49,
-                     "image_width": 2048, "text_width": args.text_width, "embed_dim": args.embed_dim,
-                     "clusters": args.clusters},
-        "machine": {"cpu": cpu, "threads": args.threads, "torch": torch.__version__, "python": platform.python_version()},
+        "workload": {
+            "batch": args.batch,
+            "sentences": n_sentences,
+            "tokens": args.length,
+            "image_tokens": 49,
+            "image_width": 2048,
+            "text_width": args.text_width,
+            "embed_dim": args.embed_dim,
+            "clusters": args.clusters,
+        },
+        "machine": {
+            "cpu": cpu,
+            "threads": args.threads,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
         "timings": results,
         "speedup_forward": speedup_fwd,
         "speedup_forward_backward": speedup_step,

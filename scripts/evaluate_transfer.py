@@ -40,8 +40,12 @@ import torch  # noqa: E402
 from monai.bundle import ConfigParser  # noqa: E402
 
 from bundle.data.label_fractions import fraction_key  # noqa: E402
-from bundle.downstream.cached_linear_probe import (CachedFeatures, evaluate_head, extract_features,  # noqa: E402
-                                                   train_linear_head)
+from bundle.downstream.cached_linear_probe import (
+    CachedFeatures,
+    evaluate_head,
+    extract_features,  # noqa: E402
+    train_linear_head,
+)
 from bundle.downstream.encoder_loading import parse_encoder  # noqa: E402
 from bundle.downstream.metrics import MacroAUROC  # noqa: E402
 
@@ -52,11 +56,20 @@ CONFIGS = [str(ROOT / "configs" / "common.yaml"), str(ROOT / "configs" / "classi
 def config_parser(args, **overrides) -> ConfigParser:
     parser = ConfigParser()
     parser.read_config(CONFIGS + list(args.config))
-    settings = {"bundle_root": str(ROOT), "dataset_dir": args.dataset_dir, "task": args.task,
-                "encoder_name": args.encoder_name, "mode": args.mode, "pooling": args.pooling,
-                "num_workers": args.num_workers, "device": "cpu" if not torch.cuda.is_available() else "cuda:0",
-                "learning_rate": args.lr, "max_epochs": args.max_epochs, "early_stop_patience": args.patience,
-                "batch_size": args.batch_size}
+    settings = {
+        "bundle_root": str(ROOT),
+        "dataset_dir": args.dataset_dir,
+        "task": args.task,
+        "encoder_name": args.encoder_name,
+        "mode": args.mode,
+        "pooling": args.pooling,
+        "num_workers": args.num_workers,
+        "device": "cpu" if not torch.cuda.is_available() else "cuda:0",
+        "learning_rate": args.lr,
+        "max_epochs": args.max_epochs,
+        "early_stop_patience": args.patience,
+        "batch_size": args.batch_size,
+    }
     if args.manifest:
         settings["manifest"] = args.manifest
     if args.image_size:
@@ -94,25 +107,60 @@ def run_linear_probe_grid(args, encoders, key: str) -> list[dict]:
         fractions = parser.get_parsed_content("manifest_meta")["fractions"]
         device = parser.get_parsed_content("device")
         split_features = {}
-        for split, id_ in (("training", "train#datalist"), ("validation", "validate#datalist"), ("test", "test#datalist")):
+        for split, id_ in (
+            ("training", "train#datalist"),
+            ("validation", "validate#datalist"),
+            ("test", "test#datalist"),
+        ):
             items = parser.get_parsed_content(id_)
-            split_features[split] = extract_features(model, items, transform, args.feature_batch_size, args.num_workers,
-                                                     device, desc=f"{label} {split}")
+            split_features[split] = extract_features(
+                model, items, transform, args.feature_batch_size, args.num_workers, device, desc=f"{label} {split}"
+            )
         for fraction in args.fractions:
             train = subset(split_features["training"], fractions[fraction_key(fraction)])
             for seed in args.seeds:
-                head, info = train_linear_head(train, split_features["validation"], task, num_classes, class_names,
-                                               seed, args.lr, args.weight_decay, args.batch_size, args.max_epochs,
-                                               args.patience)
+                head, info = train_linear_head(
+                    train,
+                    split_features["validation"],
+                    task,
+                    num_classes,
+                    class_names,
+                    seed,
+                    args.lr,
+                    args.weight_decay,
+                    args.batch_size,
+                    args.max_epochs,
+                    args.patience,
+                )
                 test = evaluate_head(head, split_features["test"], task, num_classes, class_names)
-                rows.append({"encoder": label, "fraction": fraction, "seed": seed, "n_train": len(train.ids),
-                             "test": test[key], "test_auroc": test["auroc"], "undefined": sorted(test["undefined"]),
-                             **info})
+                rows.append(
+                    {
+                        "encoder": label,
+                        "fraction": fraction,
+                        "seed": seed,
+                        "n_train": len(train.ids),
+                        "test": test[key],
+                        "test_auroc": test["auroc"],
+                        "undefined": sorted(test["undefined"]),
+                        **info,
+                    }
+                )
                 done += 1
                 elapsed = time.perf_counter() - start
-                logger.info("[%d/%d] %s fraction %s seed %d: test %s %.4f (best val %.4f at epoch %d; %.0f s, "
-                            "ETA %.0f s)", done, cells, label, fraction, seed, key, test[key], info["best_val"],
-                            info["best_epoch"], elapsed, elapsed / done * (cells - done))
+                logger.info(
+                    "[%d/%d] %s fraction %s seed %d: test %s %.4f (best val %.4f at epoch %d; %.0f s, ETA %.0f s)",
+                    done,
+                    cells,
+                    label,
+                    fraction,
+                    seed,
+                    key,
+                    test[key],
+                    info["best_val"],
+                    info["best_epoch"],
+                    elapsed,
+                    elapsed / done * (cells - done),
+                )
     return rows
 
 
@@ -124,8 +172,14 @@ def run_fine_tune_grid(args, encoders, key: str) -> list[dict]:
         for fraction in args.fractions:
             for seed in args.seeds:
                 out = Path(args.work_dir) / f"{label}_{fraction_key(fraction)}_seed{seed}"
-                parser = config_parser(args, encoder_source=source, encoder_weights=weights or "",
-                                       data_fraction=fraction, seed=seed, output_dir=str(out))
+                parser = config_parser(
+                    args,
+                    encoder_source=source,
+                    encoder_weights=weights or "",
+                    data_fraction=fraction,
+                    seed=seed,
+                    output_dir=str(out),
+                )
                 parser.get_parsed_content("initialize")  # set_determinism(seed); early stopping -> trainer
                 trainer = parser.get_parsed_content("train#trainer")
                 trainer.run()
@@ -133,17 +187,40 @@ def run_fine_tune_grid(args, encoders, key: str) -> list[dict]:
                 evaluator = parser.get_parsed_content("test#evaluator")
                 evaluator.run()
                 metrics = evaluator.state.metrics
-                auroc = next(m for group in parser.get_parsed_content("test#metrics") for m in group.values()
-                             if isinstance(m, MacroAUROC))
-                rows.append({"encoder": label, "fraction": fraction, "seed": seed,
-                             "n_train": len(parser.get_parsed_content("train#datalist")),
-                             "test": metrics[f"test_{key}"], "test_auroc": metrics["test_auroc"],
-                             "undefined": sorted(auroc.last_result.undefined), "best_val": validator.state.best_metric, "best_epoch": validator.state.best_metric_epoch,
-                             "epochs_run": trainer.state.epoch})
+                auroc = next(
+                    m
+                    for group in parser.get_parsed_content("test#metrics")
+                    for m in group.values()
+                    if isinstance(m, MacroAUROC)
+                )
+                rows.append(
+                    {
+                        "encoder": label,
+                        "fraction": fraction,
+                        "seed": seed,
+                        "n_train": len(parser.get_parsed_content("train#datalist")),
+                        "test": metrics[f"test_{key}"],
+                        "test_auroc": metrics["test_auroc"],
+                        "undefined": sorted(auroc.last_result.undefined),
+                        "best_val": validator.state.best_metric,
+                        "best_epoch": validator.state.best_metric_epoch,
+                        "epochs_run": trainer.state.epoch,
+                    }
+                )
                 done += 1
                 elapsed = time.perf_counter() - start
-                logger.info("[%d/%d] %s fraction %s seed %d: test %s %.4f (%.0f s, ETA %.0f s)", done, cells, label,
-                            fraction, seed, key, rows[-1]["test"], elapsed, elapsed / done * (cells - done))
+                logger.info(
+                    "[%d/%d] %s fraction %s seed %d: test %s %.4f (%.0f s, ETA %.0f s)",
+                    done,
+                    cells,
+                    label,
+                    fraction,
+                    seed,
+                    key,
+                    rows[-1]["test"],
+                    elapsed,
+                    elapsed / done * (cells - done),
+                )
     return rows
 
 
@@ -175,40 +252,64 @@ def write_report(args, rows: list[dict], key: str, seconds: float) -> tuple[Path
     md, png = results / f"{args.dataset}_classification.md", results / f"{args.dataset}_classification.png"
     encoders = list(dict.fromkeys(r["encoder"] for r in rows))
     metric_name = "accuracy" if key == "accuracy" else "macro AUROC" if args.task == "multilabel" else "AUROC"
-    lines = [f"# {args.dataset}: downstream classification ({args.mode.replace('_', ' ')})", "",
-             f"Test {metric_name} ({args.task}); mean ± sample standard deviation over seeds {args.seeds}. "
-             f"Encoder {args.encoder_name}, pooling {args.pooling}; label fractions from the manifest's nested subsets "
-             f"(the same subset for every seed: the spread is training randomness only).", ""]
+    lines = [
+        f"# {args.dataset}: downstream classification ({args.mode.replace('_', ' ')})",
+        "",
+        f"Test {metric_name} ({args.task}); mean ± sample standard deviation over seeds {args.seeds}. "
+        f"Encoder {args.encoder_name}, pooling {args.pooling}; label fractions from the manifest's nested subsets "
+        f"(the same subset for every seed: the spread is training randomness only).",
+        "",
+    ]
     if args.mode == "linear_probe":
-        lines += ["Linear probe on CACHED features: the frozen encoder's pooled features were computed once per "
-                  "split with the evaluation transform (centre crop, no random-crop augmentation) and the linear head "
-                  "was trained on them (bundle/downstream/cached_linear_probe.py).", ""]
+        lines += [
+            "Linear probe on CACHED features: the frozen encoder's pooled features were computed once per "
+            "split with the evaluation transform (centre crop, no random-crop augmentation) and the linear head "
+            "was trained on them (bundle/downstream/cached_linear_probe.py).",
+            "",
+        ]
     header = "| encoder | " + " | ".join(f"{float(f) * 100:g}% labels" for f in args.fractions) + " |"
     lines += [header, "|" + "---|" * (len(args.fractions) + 1)]
     for enc in encoders:
-        cells = [mean_spread([r["test"] for r in rows if r["encoder"] == enc and r["fraction"] == f])
-                 for f in args.fractions]
+        cells = [
+            mean_spread([r["test"] for r in rows if r["encoder"] == enc and r["fraction"] == f]) for f in args.fractions
+        ]
         lines.append(f"| {enc} | " + " | ".join(cells) + " |")
     if key == "accuracy":
         lines += ["", "Macro AUROC (one-vs-rest):", "", header, "|" + "---|" * (len(args.fractions) + 1)]
         for enc in encoders:
-            cells = [mean_spread([r["test_auroc"] for r in rows if r["encoder"] == enc and r["fraction"] == f])
-                     for f in args.fractions]
+            cells = [
+                mean_spread([r["test_auroc"] for r in rows if r["encoder"] == enc and r["fraction"] == f])
+                for f in args.fractions
+            ]
             lines.append(f"| {enc} | " + " | ".join(cells) + " |")
     undefined = sorted({c for r in rows for c in r["undefined"]})
     if undefined:
-        lines += ["", f"Classes without both positives and negatives in the test split (no AUROC, left out of the "
-                  f"macro): {', '.join(undefined)}."]
-    lines += ["", "Runs:", "", "| encoder | fraction | seed | training images | test | best val | best epoch | epochs |",
-              "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"Classes without both positives and negatives in the test split (no AUROC, left out of the "
+            f"macro): {', '.join(undefined)}.",
+        ]
+    lines += [
+        "",
+        "Runs:",
+        "",
+        "| encoder | fraction | seed | training images | test | best val | best epoch | epochs |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['encoder']} | {r['fraction']} | {r['seed']} | {r['n_train']} | {r['test']:.4f} | "
-                     f"{r['best_val']:.4f} | {r['best_epoch']} | {r['epochs_run']} |")
+        lines.append(
+            f"| {r['encoder']} | {r['fraction']} | {r['seed']} | {r['n_train']} | {r['test']:.4f} | "
+            f"{r['best_val']:.4f} | {r['best_epoch']} | {r['epochs_run']} |"
+        )
     if args.note:
         lines += ["", args.note]
-    lines += ["", f"Command: `python scripts/evaluate_transfer.py {shlex.join(command_args(args.argv))}`; "
-              f"{seconds / 60:.1f} min on {torch.get_num_threads()} CPU thread(s)"
-              f"{' + GPU' if torch.cuda.is_available() else ''}.", ""]
+    lines += [
+        "",
+        f"Command: `python scripts/evaluate_transfer.py {shlex.join(command_args(args.argv))}`; "
+        f"{seconds / 60:.1f} min on {torch.get_num_threads()} CPU thread(s)"
+        f"{' + GPU' if torch.cuda.is_available() else ''}.",
+        "",
+    ]
     md.write_text("\n".join(lines), encoding="utf-8")
 
     import matplotlib
@@ -251,12 +352,19 @@ def main(argv=None) -> int:
     p.add_argument("--dataset_dir", required=True)
     p.add_argument("--dataset", default=None, help="name in the output files (default: the folder name)")
     p.add_argument("--manifest", default=None, help="default: DATASET_DIR/manifests/classification.json")
-    p.add_argument("--task", default="multilabel",
-                   choices=("multilabel", "binary", "multiclass", "segmentation", "detection"),
-                   help="segmentation: bundle/downstream/segmentation_transfer.py; detection: "
-                        "bundle/downstream/detection_grid.py (see --task segmentation|detection --help)")
-    p.add_argument("--encoder", action="append", required=True,
-                   help="label=source[:weights], source cmcgns|imagenet|random (repeat for several)")
+    p.add_argument(
+        "--task",
+        default="multilabel",
+        choices=("multilabel", "binary", "multiclass", "segmentation", "detection"),
+        help="segmentation: bundle/downstream/segmentation_transfer.py; detection: "
+        "bundle/downstream/detection_grid.py (see --task segmentation|detection --help)",
+    )
+    p.add_argument(
+        "--encoder",
+        action="append",
+        required=True,
+        help="label=source[:weights], source cmcgns|imagenet|random (repeat for several)",
+    )
     p.add_argument("--encoder_name", default="resnet50")
     p.add_argument("--image_size", type=int, default=None)
     p.add_argument("--crop_size", type=int, default=None)

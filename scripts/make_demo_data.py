@@ -23,11 +23,17 @@ from bundle.data.demo_dataset import DemoDataError, make_demo_dataset  # noqa: E
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="make_demo_data.py", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="make_demo_data.py",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--out", required=True, help="output dataset directory (dataset_dir of the workflows)")
-    parser.add_argument("--reports", default=None,
-                        help="NLMCXR_reports.tgz or a folder of IU report XMLs (default: the copy in torchxrayvision)")
+    parser.add_argument(
+        "--reports",
+        default=None,
+        help="NLMCXR_reports.tgz or a folder of IU report XMLs (default: the copy in torchxrayvision)",
+    )
     parser.add_argument("--num-reports", type=int, default=None, help="use the first N report files (default: all)")
     parser.add_argument("--variants", type=int, default=1, help="phantoms per report")
     parser.add_argument("--size", type=int, default=256, help="image size in pixels (square)")
@@ -37,11 +43,21 @@ def main(argv=None) -> int:
     parser.add_argument("--contact-sheet", default=None, help="also write a 16-sample contact sheet PNG here")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
+    )
     try:
-        make_demo_dataset(args.out, args.reports, args.num_reports, args.variants, args.size, args.seed,
-                          args.workers, args.strict, args.contact_sheet)
+        make_demo_dataset(
+            args.out,
+            args.reports,
+            args.num_reports,
+            args.variants,
+            args.size,
+            args.seed,
+            args.workers,
+            args.strict,
+            args.contact_sheet,
+        )
     except DemoDataError as e:
         logging.getLogger("bundle.data.demo").error("%s", e)
         return 2

@@ -26,8 +26,13 @@ CONFIGS = "['configs/pretrain.yaml','configs/demo_pretrain.yaml']"
 RUN_DIR = os.path.join(ROOT, "runs", "pretrain_demo")
 CKPT_DIR = os.path.join(ROOT, "models")
 # modules demo pretraining imports; a missing one means that part of the bundle is not built yet
-REQUIRED_MODULES = ("bundle.data.manifest", "bundle.data.tokenization", "bundle.data.image_io",
-                    "bundle.networks.cmcgns", "bundle.engines.trainer")
+REQUIRED_MODULES = (
+    "bundle.data.manifest",
+    "bundle.data.tokenization",
+    "bundle.data.image_io",
+    "bundle.networks.cmcgns",
+    "bundle.engines.trainer",
+)
 
 
 def environment() -> dict:
@@ -61,8 +66,9 @@ def build_demo_data(out_dir: str) -> bool:
     print(f"[demo] generating the demo data into {out_dir} ...", flush=True)
     # The contact sheet quotes IU report text: written locally (git-ignored), never committed.
     sheet = os.path.join(ROOT, "docs", "results", "demo_contact_sheet.png")
-    result = subprocess.run([sys.executable, generator, "--out", out_dir, "--contact-sheet", sheet], cwd=ROOT,
-                            env=environment())
+    result = subprocess.run(
+        [sys.executable, generator, "--out", out_dir, "--contact-sheet", sheet], cwd=ROOT, env=environment()
+    )
     if result.returncode != 0:
         raise SystemExit(f"[demo] demo data generation failed with exit code {result.returncode} (see above)")
     if not os.path.isfile(manifest):
@@ -81,8 +87,9 @@ def run_bundle(cmd: list[str], debug: bool = False, log_path: str | None = None)
     from bundle.engines.error_report import TracebackFilter, bundle_error
 
     shown = TracebackFilter()
-    process = subprocess.Popen(cmd, cwd=ROOT, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, bufsize=1)
+    process = subprocess.Popen(
+        cmd, cwd=ROOT, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
     for line in process.stdout:
         for text in shown.feed(line):
             print(text, flush=True)
@@ -99,9 +106,22 @@ def run_bundle(cmd: list[str], debug: bool = False, log_path: str | None = None)
 
 
 def pretrain(out_dir: str, extra: list[str], debug: bool = False) -> None:
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", CONFIGS, "--meta_file", "metadata.json",
-           "--logging_file", "configs/logging.conf", "--dataset_dir", os.path.abspath(out_dir), *extra]
-    print("[demo] " + " ".join(cmd[1:4]) + f" --config_file \"{CONFIGS}\" ...", flush=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        CONFIGS,
+        "--meta_file",
+        "metadata.json",
+        "--logging_file",
+        "configs/logging.conf",
+        "--dataset_dir",
+        os.path.abspath(out_dir),
+        *extra,
+    ]
+    print("[demo] " + " ".join(cmd[1:4]) + f' --config_file "{CONFIGS}" ...', flush=True)
     code, message = run_bundle(cmd, debug, os.path.join(override_value(extra, "output_dir", RUN_DIR), "error.log"))
     if code != 0:
         # the bundle's own message is the last line the user reads
@@ -127,15 +147,21 @@ def final_retrieval(history: str) -> str:
     last = val[-1]
     parts = [f"{k[4:]} {last[k]:.3f}" for k in ("val_i2t_top1", "val_t2i_top1") if last.get(k) is not None]
     chance = last.get("val_chance_top1")
-    return (", ".join(parts) + (f" (chance {chance:.3f}" if chance is not None else "") +
-            f", epoch {last['epoch']}, in-batch retrieval)")
+    return (
+        ", ".join(parts)
+        + (f" (chance {chance:.3f}" if chance is not None else "")
+        + f", epoch {last['epoch']}, in-batch retrieval)"
+    )
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="demo_data", help="demo dataset directory (created if missing)")
-    parser.add_argument("--debug", action="store_true",
-                        help="show the bundle's output unfiltered (full tracebacks) instead of the short error")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the bundle's output unfiltered (full tracebacks) instead of the short error",
+    )
     args, extra = parser.parse_known_args(argv)
     out_dir = os.path.abspath(args.out)
     times = {}
@@ -164,10 +190,13 @@ def main(argv=None) -> int:
         print(f"[demo] no {history}: no loss curves to plot")
     times["total"] = time.time() - start
     print("[demo] done in {total:.0f} s (data {data:.0f} s, pretraining {pretraining:.0f} s)".format(**times))
-    for label, path in (("exported image encoder", os.path.join(ckpt_dir, "image_encoder.pt")),
-                        ("exported pretraining model", os.path.join(ckpt_dir, "model.pt")),
-                        ("resumable checkpoint", os.path.join(ckpt_dir, "last.pt")),
-                        ("TensorBoard logs", run_dir), ("loss curves", png)):
+    for label, path in (
+        ("exported image encoder", os.path.join(ckpt_dir, "image_encoder.pt")),
+        ("exported pretraining model", os.path.join(ckpt_dir, "model.pt")),
+        ("resumable checkpoint", os.path.join(ckpt_dir, "last.pt")),
+        ("TensorBoard logs", run_dir),
+        ("loss curves", png),
+    ):
         if path and os.path.exists(path):
             shown = os.path.relpath(path, ROOT) if os.path.abspath(path).startswith(ROOT + os.sep) else path
             print(f"[demo] {label}: {shown}")

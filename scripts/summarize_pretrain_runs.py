@@ -18,13 +18,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bundle.engines.progress import read_history  # noqa: E402
 
-VAL = (("val_local_top1", "val local top-1"), ("val_local_chance_top1", "chance"),
-       ("val_centroid_usage", "val centroid usage"), ("val_i2t_top1", "val i2t top-1"),
-       ("val_t2i_top1", "val t2i top-1"))
-TRAIN = (("loss_report", "loss_report"), ("loss_img", "loss_img"), ("diag_tok_std", "token std"),
-         ("diag_tok_cos_within", "token cos within"), ("diag_z2_std", "z2 std"),
-         ("diag_fri_cos_within", "f_RI cos within"), ("diag_a1_entropy", "A1 entropy"),
-         ("diag_a2_entropy", "A2 entropy"))
+VAL = (
+    ("val_local_top1", "val local top-1"),
+    ("val_local_chance_top1", "chance"),
+    ("val_centroid_usage", "val centroid usage"),
+    ("val_i2t_top1", "val i2t top-1"),
+    ("val_t2i_top1", "val t2i top-1"),
+)
+TRAIN = (
+    ("loss_report", "loss_report"),
+    ("loss_img", "loss_img"),
+    ("diag_tok_std", "token std"),
+    ("diag_tok_cos_within", "token cos within"),
+    ("diag_z2_std", "z2 std"),
+    ("diag_fri_cos_within", "f_RI cos within"),
+    ("diag_a1_entropy", "A1 entropy"),
+    ("diag_a2_entropy", "A2 entropy"),
+)
 
 
 def row(name: str, run_dir: str) -> str:

@@ -21,8 +21,16 @@ def ablate():
 
 def settings(ablate, name):
     parser = ablate.pretrain_parser(name, 3, SimpleNamespace(dataset_dir=str(ROOT)), 4, "test")
-    keys = ("stage1_epochs", "stage2_epochs", "seed", "network_def#weight_img", "network_def#weight_report",
-            "network_def#kmeans_start_cosine", "network_def#cluster_temperature", "network_def#hard_negative_mode")
+    keys = (
+        "stage1_epochs",
+        "stage2_epochs",
+        "seed",
+        "network_def#weight_img",
+        "network_def#weight_report",
+        "network_def#kmeans_start_cosine",
+        "network_def#cluster_temperature",
+        "network_def#hard_negative_mode",
+    )
     return {k.split("#")[-1]: parser.get_parsed_content(k) for k in keys}
 
 

@@ -44,8 +44,16 @@ def test_metadata_versions_match_installed_environment():
 
 def _verify(meta_file: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    cmd = [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(meta_file),
-           "--filepath", str(SCHEMA)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "verify_metadata",
+        "--meta_file",
+        str(meta_file),
+        "--filepath",
+        str(SCHEMA),
+    ]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -99,7 +107,9 @@ def test_ci_runs_the_readme_test_command():
 def test_logging_conf_is_accepted_by_monai(tmp_path):
     import logging.config
 
-    from monai.bundle.workflows import _reject_executable_logging_config  # private, but it is the exact check `run` applies
+    from monai.bundle.workflows import (
+        _reject_executable_logging_config,
+    )  # private, but it is the exact check `run` applies
 
     path = ROOT / "configs" / "logging.conf"
     _reject_executable_logging_config(str(path))

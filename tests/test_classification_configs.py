@@ -16,8 +16,9 @@ EVALUATE = str(ROOT / "configs" / "evaluate_classification.yaml")
 
 
 def workflow(config_files, workflow_type="train", **overrides) -> ConfigWorkflow:
-    wf = ConfigWorkflow(config_file=config_files, meta_file=META, logging_file=LOGGING, workflow_type=workflow_type,
-                        **overrides)
+    wf = ConfigWorkflow(
+        config_file=config_files, meta_file=META, logging_file=LOGGING, workflow_type=workflow_type, **overrides
+    )
     wf.initialize()
     return wf
 
@@ -58,12 +59,18 @@ def test_train_validate_test_per_task(tmp_path, task, num_classes):
 
 def test_data_fraction_selects_the_manifest_subset(tmp_path):
     data = tmp_path / "data"
-    manifest = json.loads(write_tiny_classification_dataset(data, sizes=(("training", 30), ("validation", 4),
-                                                                         ("test", 4))).read_text())
+    manifest = json.loads(
+        write_tiny_classification_dataset(data, sizes=(("training", 30), ("validation", 4), ("test", 4))).read_text()
+    )
     sizes = {}
     for fraction in ("0.1", "1.0"):
-        wf = ConfigWorkflow(config_file=CONFIGS, meta_file=META, logging_file=LOGGING, workflow_type="train",
-                            **tiny_overrides(data, tmp_path / "run", data_fraction=float(fraction)))
+        wf = ConfigWorkflow(
+            config_file=CONFIGS,
+            meta_file=META,
+            logging_file=LOGGING,
+            workflow_type="train",
+            **tiny_overrides(data, tmp_path / "run", data_fraction=float(fraction)),
+        )
         ids = [item["id"] for item in wf.parser.get_parsed_content("train#datalist")]
         assert ids == manifest["meta"]["fractions"][fraction]
         sizes[fraction] = ids
@@ -77,20 +84,25 @@ def test_evaluate_override_uses_the_saved_checkpoint(tmp_path):
     train = workflow(CONFIGS, **tiny_overrides(data, out, task="binary", max_epochs=1))
     train.run()
     eval_dir = tmp_path / "eval"
-    evaluate = workflow(CONFIGS + [EVALUATE], workflow_type="infer",
-                        **tiny_overrides(data, out, task="binary", eval_dir=str(eval_dir), test_split="validation"))
+    evaluate = workflow(
+        CONFIGS + [EVALUATE],
+        workflow_type="infer",
+        **tiny_overrides(data, out, task="binary", eval_dir=str(eval_dir), test_split="validation"),
+    )
     evaluate.run()
     assert 0.0 <= float(read_metrics(eval_dir / "metrics.csv")["test_auroc"]) <= 1.0
     with open(eval_dir / "predictions.csv", encoding="utf-8") as f:
-        assert len(list(csv.reader(f))) == 1 + 6   # header + the validation split
+        assert len(list(csv.reader(f))) == 1 + 6  # header + the validation split
 
 
 def test_early_stopping_ends_training_when_the_key_metric_stops_improving(tmp_path):
     data = tmp_path / "data"
     write_tiny_classification_dataset(data, "binary", 1)
     # learning rate 0: the validation AUROC never improves after the first validation
-    wf = workflow(CONFIGS, **tiny_overrides(data, tmp_path / "run", task="binary", max_epochs=6, learning_rate=0.0,
-                                            early_stop_patience=2))
+    wf = workflow(
+        CONFIGS,
+        **tiny_overrides(data, tmp_path / "run", task="binary", max_epochs=6, learning_rate=0.0, early_stop_patience=2),
+    )
     trainer = wf.parser.get_parsed_content("train#trainer")
     trainer.run()
     assert trainer.state.epoch == 3

@@ -24,8 +24,13 @@ def label_for(task: str, index: int, num_classes: int):
     return [float((index >> c) & 1) for c in range(num_classes)]
 
 
-def write_tiny_classification_dataset(root: Path, task: str = "multilabel", num_classes: int = 3,
-                                      sizes=(("training", 12), ("validation", 6), ("test", 6)), side: int = 32) -> Path:
+def write_tiny_classification_dataset(
+    root: Path,
+    task: str = "multilabel",
+    num_classes: int = 3,
+    sizes=(("training", 12), ("validation", 6), ("test", 6)),
+    side: int = 32,
+) -> Path:
     """PNG images whose brightness pattern depends on the label (so a probe can learn something) and a manifest."""
     rng = np.random.default_rng(0)
     (root / "images").mkdir(parents=True, exist_ok=True)
@@ -50,9 +55,20 @@ def write_tiny_classification_dataset(root: Path, task: str = "multilabel", num_
 
 
 def tiny_overrides(dataset_dir: Path, output_dir: Path, **extra) -> dict:
-    overrides = {"dataset_dir": str(dataset_dir), "output_dir": str(output_dir), "bundle_root": str(ROOT),
-                 "image_size": 36, "crop_size": 32, "encoder_name": "resnet18", "encoder_source": "random",
-                 "batch_size": 4, "val_batch_size": 4, "num_workers": 0, "max_epochs": 2, "device": "cpu",
-                 "learning_rate": 1e-2}
+    overrides = {
+        "dataset_dir": str(dataset_dir),
+        "output_dir": str(output_dir),
+        "bundle_root": str(ROOT),
+        "image_size": 36,
+        "crop_size": 32,
+        "encoder_name": "resnet18",
+        "encoder_source": "random",
+        "batch_size": 4,
+        "val_batch_size": 4,
+        "num_workers": 0,
+        "max_epochs": 2,
+        "device": "cpu",
+        "learning_rate": 1e-2,
+    }
     overrides.update(extra)
     return overrides

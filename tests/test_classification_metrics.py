@@ -24,8 +24,8 @@ def test_auroc_matches_sklearn_and_skips_undefined_classes():
     rng = np.random.default_rng(0)
     pred = rng.random((40, 4))
     label = (rng.random((40, 4)) < 0.4).astype(float)
-    label[:, 2] = 0.0   # no positive
-    label[:, 3] = 1.0   # no negative
+    label[:, 2] = 0.0  # no positive
+    label[:, 3] = 1.0  # no negative
     result = auroc_per_class(torch.tensor(pred), torch.tensor(label), class_names=["a", "b", "c", "d"])
     expected = {name: roc_auc_score(label[:, c], pred[:, c]) for c, name in enumerate("ab")}
     assert result.per_class == pytest.approx(expected)
@@ -50,7 +50,7 @@ def test_ignite_metrics_accumulate_decollated_batches_and_report_per_class():
     pred = torch.tensor(rng.random((20, 3)))
     label = torch.tensor((rng.random((20, 3)) < 0.5).astype(float))
     label[:, 1] = 0.0
-    batches = [list(zip(pred[i:i + 6], label[i:i + 6])) for i in range(0, 20, 6)]  # per-item tensors, as decollated
+    batches = [list(zip(pred[i : i + 6], label[i : i + 6])) for i in range(0, 20, 6)]  # per-item tensors, as decollated
 
     def step(engine, batch):
         return [p for p, _ in batch], [y for _, y in batch]

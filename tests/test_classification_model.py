@@ -71,7 +71,7 @@ def test_linear_probe_keeps_the_encoder_frozen_in_eval_mode():
     model.train()
     assert model.training and model.head.training
     assert not any(m.training for m in encoder.modules())
-    image = torch.randn(4, 1, 32, 32) * 3 + 1   # statistics far from BN's running ones: train mode would move them
+    image = torch.randn(4, 1, 32, 32) * 3 + 1  # statistics far from BN's running ones: train mode would move them
     for _ in range(2):
         loss = torch.nn.functional.binary_cross_entropy_with_logits(model(image), torch.ones(4, 3))
         optimizer.zero_grad()
@@ -79,7 +79,7 @@ def test_linear_probe_keeps_the_encoder_frozen_in_eval_mode():
         optimizer.step()
     after = encoder.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # running_mean/var, num_batches_tracked, weights
-    assert model.features(image).grad_fn is None                  # no graph through the encoder
+    assert model.features(image).grad_fn is None  # no graph through the encoder
     # the features are the globally average-pooled last feature map (reference: a plain mean)
     expected = encoder.forward_features(image).mean(dim=(2, 3))
     assert torch.allclose(model.features(image), expected)
@@ -97,12 +97,22 @@ def test_fine_tune_trains_the_encoder_and_global_pooling_uses_the_pool():
 
 
 def test_vit_encoder_avg_and_cls_pooling():
-    encoder = build_downstream_encoder("random", None, "vit_b16", 1, 32, vit_patch_size=16, vit_hidden_size=32,
-                                       vit_mlp_dim=64, vit_num_layers=1, vit_num_heads=2)
+    encoder = build_downstream_encoder(
+        "random",
+        None,
+        "vit_b16",
+        1,
+        32,
+        vit_patch_size=16,
+        vit_hidden_size=32,
+        vit_mlp_dim=64,
+        vit_num_layers=1,
+        vit_num_heads=2,
+    )
     image = torch.randn(2, 1, 32, 32)
     avg = EncoderClassifier(encoder, num_classes=3, pooling="avg").train()
     local, cls = encoder(image)
-    assert torch.allclose(avg.features(image), local.mean(1), atol=1e-6)   # mean over the 4 patch tokens
+    assert torch.allclose(avg.features(image), local.mean(1), atol=1e-6)  # mean over the 4 patch tokens
     glob = EncoderClassifier(encoder, num_classes=3, pooling="global")
     assert torch.allclose(glob.features(image), cls, atol=1e-6)
     assert avg(image).shape == (2, 3) and not encoder.training

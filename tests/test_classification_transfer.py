@@ -28,12 +28,15 @@ def _script():
 def test_cached_features_match_the_model_one_image_at_a_time(tmp_path):
     manifest = write_tiny_classification_dataset(tmp_path, "multilabel", 3)
     items = load_manifest(manifest, "validation")
-    transform = Compose([LoadRadiographd("image")] + radiograph_transforms(image_size=36, crop_size=32, train=False)
-                        + [ClassificationLabeld("multilabel", 3)])
+    transform = Compose(
+        [LoadRadiographd("image")]
+        + radiograph_transforms(image_size=36, crop_size=32, train=False)
+        + [ClassificationLabeld("multilabel", 3)]
+    )
     model = EncoderClassifier(build_image_encoder("resnet18", 1, 32), 3).train()
     cached = extract_features(model, items, transform, batch_size=4)
     assert cached.ids == [item["id"] for item in items]
-    for n, item in enumerate(items):   # reference: one image at a time through the classifier's own path
+    for n, item in enumerate(items):  # reference: one image at a time through the classifier's own path
         data = transform(item)
         assert torch.allclose(cached.features[n], model.features(data["image"][None])[0], atol=1e-5)
         assert torch.equal(cached.labels[n], data["label"])
@@ -41,21 +44,45 @@ def test_cached_features_match_the_model_one_image_at_a_time(tmp_path):
 
 def test_linear_probe_grid_writes_table_and_plot(tmp_path):
     data = tmp_path / "data"
-    write_tiny_classification_dataset(data, "multiclass", 3, sizes=(("training", 20), ("validation", 6),
-                                                                    ("test", 6)))
+    write_tiny_classification_dataset(data, "multiclass", 3, sizes=(("training", 20), ("validation", 6), ("test", 6)))
     torch.save(build_image_encoder("resnet18", 1, 32).state_dict(), tmp_path / "image_encoder.pt")
     results = tmp_path / "results"
-    code = _script().main(["--dataset_dir", str(data), "--dataset", "tiny", "--task", "multiclass",
-                           "--encoder", f"cmcgns=cmcgns:{tmp_path / 'image_encoder.pt'}", "--encoder", "random",
-                           "--encoder_name", "resnet18", "--image_size", "36", "--crop_size", "32",
-                           "--fractions", "0.1", "1.0", "--seeds", "0", "1", "--max_epochs", "3",
-                           "--results_dir", str(results)])
+    code = _script().main(
+        [
+            "--dataset_dir",
+            str(data),
+            "--dataset",
+            "tiny",
+            "--task",
+            "multiclass",
+            "--encoder",
+            f"cmcgns=cmcgns:{tmp_path / 'image_encoder.pt'}",
+            "--encoder",
+            "random",
+            "--encoder_name",
+            "resnet18",
+            "--image_size",
+            "36",
+            "--crop_size",
+            "32",
+            "--fractions",
+            "0.1",
+            "1.0",
+            "--seeds",
+            "0",
+            "1",
+            "--max_epochs",
+            "3",
+            "--results_dir",
+            str(results),
+        ]
+    )
     assert code == 0
     text = (results / "tiny_classification.md").read_text()
     assert "CACHED features" in text
     assert "| cmcgns |" in text and "| random |" in text and "(n=2)" in text
     runs = [line for line in text.splitlines() if line.startswith("| cmcgns | ") or line.startswith("| random | ")]
-    assert len(runs) == 2 + 2 + 2 * 2 * 2   # accuracy table, AUROC table, one row per run
+    assert len(runs) == 2 + 2 + 2 * 2 * 2  # accuracy table, AUROC table, one row per run
     assert (results / "tiny_classification.png").stat().st_size > 1000
 
 
@@ -63,10 +90,38 @@ def test_fine_tune_grid_runs_the_bundle_config(tmp_path):
     data = tmp_path / "data"
     write_tiny_classification_dataset(data, "binary", 1)
     results = tmp_path / "results"
-    code = _script().main(["--dataset_dir", str(data), "--dataset", "tiny", "--task", "binary", "--mode", "fine_tune",
-                           "--encoder", "random", "--encoder_name", "resnet18", "--image_size", "36",
-                           "--crop_size", "32", "--fractions", "1.0", "--seeds", "0", "--max_epochs", "1",
-                           "--batch_size", "4", "--results_dir", str(results), "--work_dir", str(tmp_path / "runs")])
+    code = _script().main(
+        [
+            "--dataset_dir",
+            str(data),
+            "--dataset",
+            "tiny",
+            "--task",
+            "binary",
+            "--mode",
+            "fine_tune",
+            "--encoder",
+            "random",
+            "--encoder_name",
+            "resnet18",
+            "--image_size",
+            "36",
+            "--crop_size",
+            "32",
+            "--fractions",
+            "1.0",
+            "--seeds",
+            "0",
+            "--max_epochs",
+            "1",
+            "--batch_size",
+            "4",
+            "--results_dir",
+            str(results),
+            "--work_dir",
+            str(tmp_path / "runs"),
+        ]
+    )
     assert code == 0
     assert (tmp_path / "runs" / "random_1.0_seed0" / "model.pt").is_file()
     text = (results / "tiny_classification.md").read_text()

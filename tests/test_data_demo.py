@@ -17,8 +17,17 @@ import pytest
 from PIL import Image
 
 from bundle.data.demo_classes import CLASS_INDEX, CLASS_NAMES, findings_from_mesh, multi_hot
-from bundle.data.demo_dataset import (SKIP_NO_SECTIONS, SKIP_NO_SENTENCE, SKIP_UNREADABLE, DemoDataError,
-                                      DemoReport, load_reports, make_demo_dataset, render_sample, split_by_report)
+from bundle.data.demo_dataset import (
+    SKIP_NO_SECTIONS,
+    SKIP_NO_SENTENCE,
+    SKIP_UNREADABLE,
+    DemoDataError,
+    DemoReport,
+    load_reports,
+    make_demo_dataset,
+    render_sample,
+    split_by_report,
+)
 from bundle.data.manifest import ManifestError, load_manifest
 from bundle.data.reports import parse_iu_report_xml
 
@@ -28,22 +37,36 @@ XML = """<?xml version="1.0" encoding="utf-8"?>
 <AbstractText Label="FINDINGS">{findings}</AbstractText><AbstractText Label="IMPRESSION">{impression}</AbstractText>
 </Abstract></Article></MedlineCitation><MeSH>{mesh}</MeSH></eCitation>"""
 REPORTS = {  # report number: (findings, impression, MeSH majors)
-    3: ("The heart is enlarged. Small right pleural effusion.", "Cardiomegaly. Right effusion.",
-        ["Cardiomegaly/moderate", "Pleural Effusion/right/small"]),
+    3: (
+        "The heart is enlarged. Small right pleural effusion.",
+        "Cardiomegaly. Right effusion.",
+        ["Cardiomegaly/moderate", "Pleural Effusion/right/small"],
+    ),
     5: ("Heart size normal. Lungs are clear.", "No acute disease.", ["normal"]),
-    8: ("Calcified granuloma in the left upper lobe. Right basilar opacity.", "No acute process.",
-        ["Calcified Granuloma/lung/upper lobe/left", "Opacity/lung/base/right"]),
-    12: ("1 cm nodule in the right upper lobe. XXXX sternotomy wires.", "Right upper lobe nodule.",
-         ["Nodule/lung/upper lobe/right", "Surgical Instruments", "Spine/degenerative"]),
+    8: (
+        "Calcified granuloma in the left upper lobe. Right basilar opacity.",
+        "No acute process.",
+        ["Calcified Granuloma/lung/upper lobe/left", "Opacity/lung/base/right"],
+    ),
+    12: (
+        "1 cm nodule in the right upper lobe. XXXX sternotomy wires.",
+        "Right upper lobe nodule.",
+        ["Nodule/lung/upper lobe/right", "Surgical Instruments", "Spine/degenerative"],
+    ),
     13: ("Right apical pneumothorax.", "Moderate right pneumothorax.", ["Pneumothorax/apex/right/moderate"]),
-    21: ("Hyperexpanded lungs. Thoracic scoliosis.", "Emphysema. Scoliosis.",
-         ["Emphysema", "Scoliosis", "Lung/hyperdistention"]),
-    34: ("Plate-like atelectasis at the left base.", "Left basilar atelectasis.",
-         ["Pulmonary Atelectasis/base/left"]),
-    40: ("Low lung volumes. Pacemaker in place.", "Hypoinflation. Pacemaker.",
-         ["Lung/hypoinflation", "Implanted Medical Device/left"]),
-    41: ("", "", ["normal"]),                                   # neither section: skipped
-    42: ("XXXX.", "Normal.", ["normal"]),                       # no usable sentence: skipped
+    21: (
+        "Hyperexpanded lungs. Thoracic scoliosis.",
+        "Emphysema. Scoliosis.",
+        ["Emphysema", "Scoliosis", "Lung/hyperdistention"],
+    ),
+    34: ("Plate-like atelectasis at the left base.", "Left basilar atelectasis.", ["Pulmonary Atelectasis/base/left"]),
+    40: (
+        "Low lung volumes. Pacemaker in place.",
+        "Hypoinflation. Pacemaker.",
+        ["Lung/hypoinflation", "Implanted Medical Device/left"],
+    ),
+    41: ("", "", ["normal"]),  # neither section: skipped
+    42: ("XXXX.", "Normal.", ["normal"]),  # no usable sentence: skipped
 }
 
 
@@ -51,17 +74,20 @@ def write_reports(folder: Path, reports=REPORTS, broken=(99,)) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for n, (findings, impression, mesh) in reports.items():
         majors = "".join(f"<major>{m}</major>" for m in mesh)
-        (folder / f"{n}.xml").write_text(XML.format(n=n, findings=findings, impression=impression, mesh=majors),
-                                         encoding="utf-8")
-    for n in broken:                                          # unreadable XML: skipped
-        (folder / f"{n}.xml").write_text("<eCitation><Abstract><AbstractText Label='FINDINGS'>cut",
-                                         encoding="utf-8")
+        (folder / f"{n}.xml").write_text(
+            XML.format(n=n, findings=findings, impression=impression, mesh=majors), encoding="utf-8"
+        )
+    for n in broken:  # unreadable XML: skipped
+        (folder / f"{n}.xml").write_text("<eCitation><Abstract><AbstractText Label='FINDINGS'>cut", encoding="utf-8")
     return folder
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +120,7 @@ def test_manifests_have_every_task_meta_and_ids(demo):
         ids = [it["id"] for s in ("training", "validation", "test") for it in content[s]]
         assert sorted(ids) == sorted(f"{n}_{v}" for n in REPORTS if n not in (41, 42) for v in (0, 1))
         for split in ("training", "validation", "test"):
-            for item in load_manifest(out / "manifests" / f"{name}.json", split):   # files exist
+            for item in load_manifest(out / "manifests" / f"{name}.json", split):  # files exist
                 assert os.path.isfile(item["image"])
     assert "x = column" in read(out / "manifests" / "detection.json")["meta"]["box_convention"]
 
@@ -106,28 +132,38 @@ def test_every_image_is_paired_with_its_own_report(demo):
     pretrain = read(out / "manifests" / "pretrain.json")
     items = [it for s in ("training", "validation", "test") for it in pretrain[s]]
     texts = {it["report"] for it in items}
-    assert len(texts) == 8                          # eight distinct reports, never a neighbour's text
+    assert len(texts) == 8  # eight distinct reports, never a neighbour's text
     for item in items:
         number, variant = item["id"].rsplit("_", 1)
         assert item["image"] == f"images/{item['id']}.png"
         own = parse_iu_report_xml(base / "xml" / f"{number}.xml")
         assert item["report"] == own.text
         findings, not_drawn = findings_from_mesh(own.mesh_major)
-        again = render_sample(DemoReport(number, own.text, own.mesh_major, findings, not_drawn),
-                              int(variant), 96, 3)
+        again = render_sample(DemoReport(number, own.text, own.mesh_major, findings, not_drawn), int(variant), 96, 3)
         assert np.array_equal(np.asarray(Image.open(out / item["image"])), again.image)
 
 
 def test_labels_masks_and_boxes_follow_the_report(demo):
     base, _ = demo
     out = base / "out"
-    labels = {it["id"]: it["label"] for s in ("training", "validation", "test")
-              for it in read(out / "manifests" / "classification.json")[s]}
-    det = {it["id"]: it for s in ("training", "validation", "test")
-           for it in read(out / "manifests" / "detection.json")[s]}
-    expected = {3: {"cardiomegaly", "pleural_effusion"}, 5: set(), 8: {"calcified_granuloma", "lung_opacity"},
-                12: {"nodule_mass", "support_devices"}, 13: {"pneumothorax"},
-                21: {"emphysema", "scoliosis"}, 34: {"atelectasis"}, 40: {"hypoinflation", "support_devices"}}
+    labels = {
+        it["id"]: it["label"]
+        for s in ("training", "validation", "test")
+        for it in read(out / "manifests" / "classification.json")[s]
+    }
+    det = {
+        it["id"]: it for s in ("training", "validation", "test") for it in read(out / "manifests" / "detection.json")[s]
+    }
+    expected = {
+        3: {"cardiomegaly", "pleural_effusion"},
+        5: set(),
+        8: {"calcified_granuloma", "lung_opacity"},
+        12: {"nodule_mass", "support_devices"},
+        13: {"pneumothorax"},
+        21: {"emphysema", "scoliosis"},
+        34: {"atelectasis"},
+        40: {"hypoinflation", "support_devices"},
+    }
     for n, classes in expected.items():
         for v in (0, 1):
             sid = f"{n}_{v}"
@@ -136,16 +172,25 @@ def test_labels_masks_and_boxes_follow_the_report(demo):
             mask = np.asarray(Image.open(out / "masks" / f"{sid}.png"))
             assert mask.shape == (96, 96)
             present = {CLASS_NAMES[i] for i in np.unique(mask) if i}
-            assert present == classes & {"pleural_effusion", "lung_opacity", "atelectasis", "nodule_mass",
-                                         "calcified_granuloma", "pneumothorax"}
+            assert present == classes & {
+                "pleural_effusion",
+                "lung_opacity",
+                "atelectasis",
+                "nodule_mass",
+                "calcified_granuloma",
+                "pneumothorax",
+            }
             for box, label in zip(det[sid]["box"], det[sid]["box_label"]):
                 x1, y1, x2, y2 = box
                 assert 0 <= x1 < x2 <= 96 and 0 <= y1 < y2 <= 96
-                assert (mask[y1:y2, x1:x2] == label).any()        # the box covers pixels of its own class
+                assert (mask[y1:y2, x1:x2] == label).any()  # the box covers pixels of its own class
             assert {CLASS_NAMES[b] for b in det[sid]["box_label"]} == classes & {
-                "lung_opacity", "nodule_mass", "calcified_granuloma"}
+                "lung_opacity",
+                "nodule_mass",
+                "calcified_granuloma",
+            }
     samples = read(out / "manifests" / "demo_samples.json")
-    assert samples["12_0"]["not_drawn"] == ["Spine/degenerative"]     # listed, so nobody believes it is drawn
+    assert samples["12_0"]["not_drawn"] == ["Spine/degenerative"]  # listed, so nobody believes it is drawn
 
 
 def test_sides_are_patient_sides(demo):
@@ -155,14 +200,14 @@ def test_sides_are_patient_sides(demo):
         mask = np.asarray(Image.open(base / "out" / "masks" / f"{sid}.png")) == CLASS_INDEX[cls]
         assert np.nonzero(mask)[1].mean() < 48
     granuloma = np.asarray(Image.open(base / "out" / "masks" / "8_0.png")) == CLASS_INDEX["calcified_granuloma"]
-    assert np.nonzero(granuloma)[1].mean() > 48                      # left upper lobe: image right
+    assert np.nonzero(granuloma)[1].mean() > 48  # left upper lobe: image right
 
 
 # ----------------------------------------------------------------------------------------------- splits, determinism
 def test_splits_are_by_report_and_proportional():
     ids = [str(i) for i in range(1, 1001)]
     a = split_by_report(ids, seed=0)
-    assert a == split_by_report(list(reversed(ids)), seed=0)          # order of the input does not matter
+    assert a == split_by_report(list(reversed(ids)), seed=0)  # order of the input does not matter
     counts = {s: sum(1 for v in a.values() if v == s) for s in ("training", "validation", "test")}
     assert counts == {"training": 800, "validation": 100, "test": 100}
     assert a != split_by_report(ids, seed=1)
@@ -183,8 +228,9 @@ def test_byte_identical_output_for_any_worker_count(demo, tmp_path):
     make_demo_dataset(tmp_path / "two", base / "xml", variants=2, size=96, seed=3, workers=2)
     assert tree_digest(tmp_path / "two") == tree_digest(base / "out")
     make_demo_dataset(tmp_path / "other", base / "xml", variants=2, size=96, seed=4, workers=1)
-    assert (tmp_path / "other" / "images" / "5_0.png").read_bytes() != (base / "out" / "images" / "5_0.png"
-                                                                         ).read_bytes()
+    assert (tmp_path / "other" / "images" / "5_0.png").read_bytes() != (
+        base / "out" / "images" / "5_0.png"
+    ).read_bytes()
 
 
 # ----------------------------------------------------------------------------------------------- bad input
@@ -237,17 +283,39 @@ def test_real_iu_reports_in_number_order_with_the_empty_report_skipped():
 def test_command_line_from_a_fresh_process(tmp_path):
     folder = write_reports(tmp_path / "xml", {n: REPORTS[n] for n in (3, 5, 8)}, broken=())
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    cmd = [sys.executable, str(ROOT / "scripts" / "make_demo_data.py"), "--out", str(tmp_path / "out"),
-           "--reports", str(folder), "--num-reports", "2", "--variants", "1", "--size", "64", "--seed", "5",
-           "--workers", "1", "--contact-sheet", str(tmp_path / "sheet.png")]
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "make_demo_data.py"),
+        "--out",
+        str(tmp_path / "out"),
+        "--reports",
+        str(folder),
+        "--num-reports",
+        "2",
+        "--variants",
+        "1",
+        "--size",
+        "64",
+        "--seed",
+        "5",
+        "--workers",
+        "1",
+        "--contact-sheet",
+        str(tmp_path / "sheet.png"),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "class frequencies" in result.stderr and "cardiomegaly" in result.stderr
     content = read(tmp_path / "out" / "manifests" / "pretrain.json")
     assert sorted(it["id"] for s in ("training", "validation", "test") for it in content[s]) == ["3_0", "5_0"]
     assert Image.open(tmp_path / "sheet.png").size[0] > 200
-    bad = subprocess.run(cmd[:2] + ["--out", str(tmp_path / "o2"), "--reports", str(tmp_path / "nope")],
-                         capture_output=True, text=True, env=env, cwd=tmp_path)
+    bad = subprocess.run(
+        cmd[:2] + ["--out", str(tmp_path / "o2"), "--reports", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert bad.returncode == 2 and "reports not found" in bad.stderr
 
 
@@ -267,8 +335,14 @@ def test_mesh_terms_map_to_findings_with_qualifiers():
     assert mesh_to_finding("Lung/hypoinflation/mild").cls == "hypoinflation"
     assert mesh_to_finding("Lung/hyperdistention").cls == "emphysema"
     assert mesh_to_finding("Cardiac Shadow/enlarged/severe").severity == "severe"
-    for term in ("Cardiomegaly/borderline", "Pleural Effusion/borderline", "Calcinosis/aorta", "Spine/degenerative",
-                 "normal", "Technical Quality of Image Unsatisfactory "):
+    for term in (
+        "Cardiomegaly/borderline",
+        "Pleural Effusion/borderline",
+        "Calcinosis/aorta",
+        "Spine/degenerative",
+        "normal",
+        "Technical Quality of Image Unsatisfactory ",
+    ):
         assert mesh_to_finding(term) is None, term
     findings, not_drawn = findings_from_mesh(["normal", "Aorta/tortuous", "Scoliosis"])
     assert [f.cls for f in findings] == ["scoliosis"] and not_drawn == ["Aorta/tortuous"]

@@ -14,8 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
-from bundle.data.image_io import (LoadRadiographd, RadiographReadError, load_label_map, load_radiograph,
-                                  radiograph_transforms)
+from bundle.data.image_io import (
+    LoadRadiographd,
+    RadiographReadError,
+    load_label_map,
+    load_radiograph,
+    radiograph_transforms,
+)
 
 
 def gradient(h=20, w=30, dtype=np.uint8, top=255):
@@ -30,7 +35,7 @@ def test_png_8_bit_keeps_orientation_and_scales_by_255(tmp_path):
     arr = gradient()
     Image.fromarray(arr, mode="L").save(tmp_path / "a.png")
     out = load_radiograph(tmp_path / "a.png")
-    assert out.dtype == np.float32 and out.shape == (20, 30)    # [H, W], axis 0 = rows
+    assert out.dtype == np.float32 and out.shape == (20, 30)  # [H, W], axis 0 = rows
     np.testing.assert_allclose(out, arr / 255.0, atol=1e-7)
     assert out[3, 25] == 1.0
 
@@ -54,8 +59,9 @@ def test_jpg_and_rgb_png(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- DICOM
-def write_dicom(path, stored: np.ndarray, photometric="MONOCHROME2", slope=None, intercept=None, window=None,
-                voi_lut=None):
+def write_dicom(
+    path, stored: np.ndarray, photometric="MONOCHROME2", slope=None, intercept=None, window=None, voi_lut=None
+):
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.dataset import Dataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
@@ -77,8 +83,8 @@ def write_dicom(path, stored: np.ndarray, photometric="MONOCHROME2", slope=None,
     if voi_lut is not None:
         first, table = voi_lut
         item = Dataset()
-        item.add_new(0x00283002, "US", [len(table), first, 16])        # LUT Descriptor
-        item.add_new(0x00283006, "US", [int(v) for v in table])         # LUT Data
+        item.add_new(0x00283002, "US", [len(table), first, 16])  # LUT Descriptor
+        item.add_new(0x00283006, "US", [int(v) for v in table])  # LUT Data
         ds.VOILUTSequence = [item]
     ds.PixelData = stored.astype(np.uint16).tobytes()
     ds.save_as(str(path), enforce_file_format=True)
@@ -90,14 +96,14 @@ def dicom_window(x, center, width):
     return np.clip((x - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
 
 
-STORED = (np.arange(24 * 16).reshape(24, 16) * 10).astype(np.uint16)   # 0 .. 3830, 12-bit
+STORED = (np.arange(24 * 16).reshape(24, 16) * 10).astype(np.uint16)  # 0 .. 3830, 12-bit
 
 
 def test_dicom_rescale_then_window(tmp_path):
     # The window is in rescaled (modality) units: a reader that skipped the rescale would get a different image.
     path = write_dicom(tmp_path / "w.dcm", STORED, slope=2, intercept=-1000, window=(2000, 3000))
     expected = dicom_window(STORED * 2.0 - 1000.0, 2000, 3000)
-    assert expected.min() == 0.0 and expected.max() == 1.0    # both window ends reached: min-max is the identity
+    assert expected.min() == 0.0 and expected.max() == 1.0  # both window ends reached: min-max is the identity
     out = load_radiograph(path)
     assert out.shape == (24, 16) and out.dtype == np.float32
     np.testing.assert_allclose(out, expected, atol=1e-3)
@@ -119,8 +125,8 @@ def test_dicom_voi_lut_sequence(tmp_path):
     path = write_dicom(tmp_path / "lut.dcm", STORED, voi_lut=(1000, table))
     index = np.clip(STORED.astype(int) - 1000, 0, 2999)
     looked_up = table[index].astype(float)
-    expected = (looked_up - looked_up.min()) / (looked_up.max() - looked_up.min())   # then the documented min-max
-    assert 0.9 < looked_up.max() / 4095 < 1.0      # the image does not reach the LUT's top: min-max matters here
+    expected = (looked_up - looked_up.min()) / (looked_up.max() - looked_up.min())  # then the documented min-max
+    assert 0.9 < looked_up.max() / 4095 < 1.0  # the image does not reach the LUT's top: min-max matters here
     np.testing.assert_allclose(load_radiograph(path), expected, atol=1e-6)
 
 
@@ -143,8 +149,8 @@ def test_pydicom_sample_files():
 def test_nifti_axis_convention_and_singleton_axes(tmp_path):
     import nibabel as nib
 
-    arr = gradient().astype(np.int16)                       # [H=20, W=30]
-    nib.save(nib.Nifti1Image(arr.T[:, :, None], np.eye(4)), str(tmp_path / "x.nii.gz"))   # voxel (x, y, 1)
+    arr = gradient().astype(np.int16)  # [H=20, W=30]
+    nib.save(nib.Nifti1Image(arr.T[:, :, None], np.eye(4)), str(tmp_path / "x.nii.gz"))  # voxel (x, y, 1)
     out = load_radiograph(tmp_path / "x.nii.gz")
     assert out.shape == (20, 30)
     np.testing.assert_allclose(out, (arr - arr.min()) / (arr.max() - arr.min()), atol=1e-6)
@@ -219,9 +225,9 @@ def test_pipeline_intensity_range_and_random_crop(tmp_path):
     out = run_pipeline(img, train=False)
     assert float(out.min()) == -1.0 and float(out.max()) == 1.0
     crops = {tuple(run_pipeline(img, train=True, seed=s)[0, 0, :].numpy().round(3)) for s in range(6)}
-    assert len(crops) > 1                                   # different offsets for different seeds
+    assert len(crops) > 1  # different offsets for different seeds
     again = run_pipeline(img, train=True, seed=3)
-    assert torch.equal(again, run_pipeline(img, train=True, seed=3))   # and reproducible
+    assert torch.equal(again, run_pipeline(img, train=True, seed=3))  # and reproducible
 
 
 def test_full_load_and_transform_from_file(tmp_path):

@@ -16,8 +16,10 @@ def make_dataset(root):
         (root / "images" / f"{name}.png").write_bytes(b"png")
     (root / "masks" / "a.png").write_bytes(b"png")
     splits = {
-        "training": [{"id": "a", "image": "images/a.png", "report": "No acute disease.", "label": [1.0, 0.0]},
-                     {"id": "b", "image": "images/b.png", "report": "Mild cardiomegaly.", "label": [0.0, 1.0]}],
+        "training": [
+            {"id": "a", "image": "images/a.png", "report": "No acute disease.", "label": [1.0, 0.0]},
+            {"id": "b", "image": "images/b.png", "report": "Mild cardiomegaly.", "label": [0.0, 1.0]},
+        ],
         "validation": [{"id": "c", "image": "images/c.png", "report": "Small effusion.", "label": [0.0, 0.0]}],
     }
     return splits
@@ -29,7 +31,7 @@ def test_round_trip_with_absolute_paths_and_meta(tmp_path):
     write_manifest(path, splits, {"class_names": ["x", "y"], "source": "test"})
     content = read_manifest(path)
     assert set(content) == {"training", "validation", "test", "meta"} and content["test"] == []
-    items = load_manifest(path, "training")          # dataset_dir defaults to the manifest's parent's parent
+    items = load_manifest(path, "training")  # dataset_dir defaults to the manifest's parent's parent
     assert [it["id"] for it in items] == ["a", "b"]
     assert items[0]["image"] == str(tmp_path / "images" / "a.png")
     assert items[0]["label"] == [1.0, 0.0] and items[0]["report"] == "No acute disease."
@@ -39,8 +41,10 @@ def test_round_trip_with_absolute_paths_and_meta(tmp_path):
 
 def test_bytes_do_not_depend_on_key_order(tmp_path):
     splits = make_dataset(tmp_path)
-    shuffled = {"validation": [dict(reversed(list(it.items()))) for it in splits["validation"]],
-                "training": [dict(reversed(list(it.items()))) for it in splits["training"]]}
+    shuffled = {
+        "validation": [dict(reversed(list(it.items()))) for it in splits["validation"]],
+        "training": [dict(reversed(list(it.items()))) for it in splits["training"]],
+    }
     write_manifest(tmp_path / "one.json", splits, {"b": 1, "a": [1, 2]})
     write_manifest(tmp_path / "two.json", shuffled, {"a": [1, 2], "b": 1})
     assert (tmp_path / "one.json").read_bytes() == (tmp_path / "two.json").read_bytes()
@@ -51,8 +55,14 @@ def test_bytes_do_not_depend_on_key_order(tmp_path):
 def test_segmentation_mask_paths_are_resolved_and_checked(tmp_path):
     make_dataset(tmp_path)
     path = tmp_path / "manifests" / "seg.json"
-    write_manifest(path, {"training": [{"id": "a", "image": "images/a.png", "label": "masks/a.png"}],
-                          "validation": [{"id": "b", "image": "images/b.png", "label": "masks/b.png"}]}, {})
+    write_manifest(
+        path,
+        {
+            "training": [{"id": "a", "image": "images/a.png", "label": "masks/a.png"}],
+            "validation": [{"id": "b", "image": "images/b.png", "label": "masks/b.png"}],
+        },
+        {},
+    )
     assert load_manifest(path, "training")[0]["label"] == str(tmp_path / "masks" / "a.png")
     with pytest.raises(ManifestError, match=r"item b \(validation\): label file not found: .*masks/b.png"):
         load_manifest(path, "validation")
@@ -71,8 +81,11 @@ def test_missing_image_names_the_item_and_the_path(tmp_path):
 def test_bad_manifests_are_refused_with_the_reason(tmp_path):
     splits = make_dataset(tmp_path)
     with pytest.raises(ManifestError, match="id a appears in training and again in validation"):
-        write_manifest(tmp_path / "dup.json", {"training": splits["training"],
-                                               "validation": [dict(splits["validation"][0], id="a")]}, {})
+        write_manifest(
+            tmp_path / "dup.json",
+            {"training": splits["training"], "validation": [dict(splits["validation"][0], id="a")]},
+            {},
+        )
     with pytest.raises(ManifestError, match="unknown split"):
         write_manifest(tmp_path / "x.json", {"train": splits["training"]}, {})
     with pytest.raises(ManifestError, match=r"training\[0\].*no 'image'"):
@@ -81,7 +94,7 @@ def test_bad_manifests_are_refused_with_the_reason(tmp_path):
         write_manifest(tmp_path / "x.json", {"training": [{"id": "z", "image": "i", "v": float("nan")}]}, {})
     with pytest.raises(ManifestError, match="manifest not found"):
         load_manifest(tmp_path / "none.json", "training")
-    (tmp_path / "broken.json").write_text("{\"training\": [", encoding="utf-8")
+    (tmp_path / "broken.json").write_text('{"training": [', encoding="utf-8")
     with pytest.raises(ManifestError, match="broken.json: not a readable JSON"):
         load_manifest(tmp_path / "broken.json", "training")
     (tmp_path / "nosplit.json").write_text(json.dumps({"training": []}), encoding="utf-8")

@@ -22,15 +22,18 @@ def rendered(terms, size, seed):
 
 
 @pytest.mark.parametrize("size", [128, 224])
-@pytest.mark.parametrize("term, cls, sign", [
-    ("Pleural Effusion/left/moderate", "pleural_effusion", +1),
-    ("Opacity/lung/base/right", "lung_opacity", +1),
-    ("Density/retrocardiac", "lung_opacity", +1),
-    ("Pulmonary Atelectasis/base/left", "atelectasis", +1),
-    ("Nodule/lung/upper lobe/right", "nodule_mass", +1),
-    ("Calcified Granuloma/lung/upper lobe/left", "calcified_granuloma", +1),
-    ("Pneumothorax/apex/right/moderate", "pneumothorax", -1),
-])
+@pytest.mark.parametrize(
+    "term, cls, sign",
+    [
+        ("Pleural Effusion/left/moderate", "pleural_effusion", +1),
+        ("Opacity/lung/base/right", "lung_opacity", +1),
+        ("Density/retrocardiac", "lung_opacity", +1),
+        ("Pulmonary Atelectasis/base/left", "atelectasis", +1),
+        ("Nodule/lung/upper lobe/right", "nodule_mass", +1),
+        ("Calcified Granuloma/lung/upper lobe/left", "calcified_granuloma", +1),
+        ("Pneumothorax/apex/right/moderate", "pneumothorax", -1),
+    ],
+)
 def test_mask_findings_change_the_pixels_under_their_mask(size, term, cls, sign):
     for seed in (1, 2, 3):
         renderer, with_it = rendered([term], size, seed)
@@ -43,7 +46,7 @@ def test_mask_findings_change_the_pixels_under_their_mask(size, term, cls, sign)
         # the change is where the mask is: most of it inside the mask grown by 4 pixels
         change = np.abs(with_it.image.astype(float) - without.image.astype(float))
         near = binary_dilation(mask, iterations=4)
-        if cls == "pneumothorax":       # the collapsed lung inside the rim is drawn a little denser too
+        if cls == "pneumothorax":  # the collapsed lung inside the rim is drawn a little denser too
             near |= renderer.lung[-1] > 0.05
         assert change[near].sum() > 0.8 * change.sum()
 
@@ -68,8 +71,12 @@ def measured_ctr(renderer) -> float:
 
 def test_cardiothoracic_ratio_follows_the_severity():
     ratios = {}
-    for label, terms in (("normal", []), ("mild", ["Cardiomegaly/mild"]), ("moderate", ["Cardiomegaly/moderate"]),
-                         ("severe", ["Cardiomegaly/severe"])):
+    for label, terms in (
+        ("normal", []),
+        ("mild", ["Cardiomegaly/mild"]),
+        ("moderate", ["Cardiomegaly/moderate"]),
+        ("severe", ["Cardiomegaly/severe"]),
+    ):
         ratios[label] = [measured_ctr(rendered(terms, 224, seed)[0]) for seed in range(4)]
     assert max(ratios["normal"]) < 0.5 < min(ratios["mild"])
     for label, nominal in (("mild", 0.55), ("moderate", 0.60), ("severe", 0.65)):
@@ -82,44 +89,53 @@ def test_emphysema_and_hypoinflation_change_lung_size_and_darkness():
         base_r, base = rendered([], 224, seed)
         emph_r, emph = rendered(["Emphysema"], 224, seed)
         hypo_r, _ = rendered(["Lung/hypoinflation"], 224, seed)
-        area = {name: float(((r.lung[-1] > 0.5) | (r.lung[1] > 0.5)).sum()) for name, r in
-                (("base", base_r), ("emph", emph_r), ("hypo", hypo_r))}
+        area = {
+            name: float(((r.lung[-1] > 0.5) | (r.lung[1] > 0.5)).sum())
+            for name, r in (("base", base_r), ("emph", emph_r), ("hypo", hypo_r))
+        }
         assert area["emph"] > 1.1 * area["base"] > 1.1 * area["hypo"]
         lungs = (base_r.lung[-1] > 0.5) | (base_r.lung[1] > 0.5)
-        assert emph.image[lungs].mean() < base.image[lungs].mean() - 5     # darker lungs
+        assert emph.image[lungs].mean() < base.image[lungs].mean() - 5  # darker lungs
 
 
 def test_edema_devices_hernia_fracture_scoliosis_are_drawn():
     for seed in range(2):
         _, base = rendered([], 224, seed)
         r, edema = rendered(["Pulmonary Edema"], 224, seed)
-        perihilar = (np.abs(r.f.X - 0.3 * np.sign(r.f.X)) < 0.15) & (np.abs(r.f.Y - 0.5) < 0.15) & \
-            ((r.lung[-1] > 0.5) | (r.lung[1] > 0.5))
+        perihilar = (
+            (np.abs(r.f.X - 0.3 * np.sign(r.f.X)) < 0.15)
+            & (np.abs(r.f.Y - 0.5) < 0.15)
+            & ((r.lung[-1] > 0.5) | (r.lung[1] > 0.5))
+        )
         assert edema.image[perihilar].mean() > base.image[perihilar].mean() + 10
-        for term in ("Implanted Medical Device/left", "Catheters, Indwelling/right", "Tube, Inserted",
-                     "Surgical Instruments"):
+        for term in (
+            "Implanted Medical Device/left",
+            "Catheters, Indwelling/right",
+            "Tube, Inserted",
+            "Surgical Instruments",
+        ):
             _, dev = rendered([term], 224, seed)
             brighter = (dev.image.astype(int) - base.image.astype(int)) > 50
             assert brighter.sum() > 20, term
         r, hernia = rendered(["Hernia, Hiatal"], 224, seed)
         heart = r.heart > 0.9
-        assert ((base.image.astype(int) - hernia.image.astype(int))[heart] > 50).sum() > 30   # gas bubble
+        assert ((base.image.astype(int) - hernia.image.astype(int))[heart] > 50).sum() > 30  # gas bubble
         r, fracture = rendered(["Fractures, Bone/ribs/left"], 224, seed)
         x, y = fracture.details["fracture_rib_pixel"]
-        assert x > 112                                                   # patient left: image right
+        assert x > 112  # patient left: image right
         changed = np.abs(fracture.image.astype(int) - base.image.astype(int)) > 10
         rows, cols = np.nonzero(changed)
-        assert len(rows) > 40                                           # a visible break and step of the rib ...
-        assert np.hypot(cols - x, rows - y).max() < 40                   # ... at the fracture site only
+        assert len(rows) > 40  # a visible break and step of the rib ...
+        assert np.hypot(cols - x, rows - y).max() < 40  # ... at the fracture site only
         r, _ = rendered(["Scoliosis"], 224, seed)
-        assert np.abs(r.spine_center).max() * r.f.hw > 0.08 * r.f.hw > 5    # > 5 px lateral deviation
+        assert np.abs(r.spine_center).max() * r.f.hw > 0.08 * r.f.hw > 5  # > 5 px lateral deviation
 
 
 def test_anatomy_and_exposure_vary_between_samples():
     images = [render_phantom([], 128, np.random.default_rng(seed)).image.astype(float) for seed in range(8)]
     means = [im.mean() for im in images]
     assert np.std(means) > 3
-    assert min(np.abs(a - b).mean() for i, a in enumerate(images) for b in images[i + 1:]) > 3
+    assert min(np.abs(a - b).mean() for i, a in enumerate(images) for b in images[i + 1 :]) > 3
 
 
 def test_same_generator_state_gives_the_same_phantom():

@@ -10,8 +10,17 @@ import tarfile
 
 import pytest
 
-from bundle.data.reports import (MIN_REPORT_TOKENS, IUReport, ReportParseError, count_report_tokens, extract_sections,
-                                 is_usable_report, parse_iu_report_xml, report_from_sections, split_sentences)
+from bundle.data.reports import (
+    MIN_REPORT_TOKENS,
+    IUReport,
+    ReportParseError,
+    count_report_tokens,
+    extract_sections,
+    is_usable_report,
+    parse_iu_report_xml,
+    report_from_sections,
+    split_sentences,
+)
 
 MIMIC_REPORT = """                                 FINAL REPORT
  EXAMINATION:  CHEST (PA AND LAT)
@@ -63,8 +72,10 @@ def test_mimic_sections_are_keyed_by_upper_case_header_and_whitespace_collapsed(
     sections = extract_sections(MIMIC_REPORT)
     assert sections["EXAMINATION"] == "CHEST (PA AND LAT)"
     assert sections["INDICATION"] == "___F with new onset of cough, evaluate for pneumonia"
-    assert sections["FINDINGS"] == ("The lungs are clear without focal consolidation. Heart size is normal. "
-                                    "A 2.5 cm nodule projects over the right upper lobe.")
+    assert sections["FINDINGS"] == (
+        "The lungs are clear without focal consolidation. Heart size is normal. "
+        "A 2.5 cm nodule projects over the right upper lobe."
+    )
     assert sections["IMPRESSION"] == "1. No acute cardiopulmonary process. 2. Right upper lobe nodule, recommend CT"
     assert "FINAL REPORT" not in " ".join(sections)
 
@@ -108,7 +119,7 @@ def test_sentences_of_a_mimic_report():
         "right upper lobe nodule recommend ct",
         "the lungs are clear without focal consolidation",
         "heart size is normal",
-        "a 2 5 cm nodule projects over the right upper lobe",   # decimal point is not a sentence end
+        "a 2 5 cm nodule projects over the right upper lobe",  # decimal point is not a sentence end
     ]
 
 
@@ -119,7 +130,8 @@ def test_numbered_list_without_periods_splits_at_the_markers():
 
 def test_numbers_that_are_not_list_markers_stay_in_the_sentence():
     assert split_sentences("Compared to 2 prior studies, there are 3 nodules.") == [
-        "compared to 2 prior studies there are 3 nodules"]
+        "compared to 2 prior studies there are 3 nodules"
+    ]
 
 
 def test_deidentification_marks_are_removed():
@@ -133,15 +145,19 @@ def test_deidentification_marks_are_removed():
 def test_non_ascii_characters():
     # NFKC folds the "ﬁ" ligature and full-width letters; accented letters are word characters
     text = "Rückenlage ohne Erguss. Café-au-lait spots noted. ﬁndings ＯＫ here. Angle 30° – stable…"
-    assert split_sentences(text) == ["rückenlage ohne erguss", "café au lait spots noted", "findings ok here",
-                                     "angle 30 stable"]
+    assert split_sentences(text) == [
+        "rückenlage ohne erguss",
+        "café au lait spots noted",
+        "findings ok here",
+        "angle 30 stable",
+    ]
 
 
 def test_short_sentences_are_dropped_and_short_reports_unusable():
     assert split_sentences("Normal. Heart size normal. Ok.") == ["heart size normal"]
     assert MIN_REPORT_TOKENS == 3
     assert is_usable_report("No acute disease.")
-    assert not is_usable_report("Heart normal.")          # 2 tokens < 3
+    assert not is_usable_report("Heart normal.")  # 2 tokens < 3
     assert not is_usable_report("Normal. Clear. Stable.")  # every sentence has 1 token
     assert count_report_tokens("Normal. Heart size normal.") == 3
 
@@ -158,16 +174,22 @@ def test_iu_xml_from_path_uses_the_file_stem(tmp_path):
     path.write_text(IU_XML, encoding="utf-8")
     report = parse_iu_report_xml(path)
     assert isinstance(report, IUReport)
-    assert report.report_id == "1234"   # the stem, not the IUXRId inside
-    assert report.findings == ("The heart is mildly enlarged. There are no XXXX of a pleural effusion. "
-                               "Calcified granuloma in the right upper lobe.")
+    assert report.report_id == "1234"  # the stem, not the IUXRId inside
+    assert report.findings == (
+        "The heart is mildly enlarged. There are no XXXX of a pleural effusion. "
+        "Calcified granuloma in the right upper lobe."
+    )
     assert report.impression == "1. Mild cardiomegaly. 2. No acute disease."
     assert report.mesh_major == ["Cardiomegaly/mild", "Calcified Granuloma/lung/upper lobe/right"]
     assert report.images == ["CXR77_IM-2300-1001", "CXR77_IM-2300-2001"]
     assert report.sections["INDICATION"] == "XXXX-year-old male, chest pain."
-    assert split_sentences(report.text) == ["mild cardiomegaly", "no acute disease", "the heart is mildly enlarged",
-                                            "there are no of a pleural effusion",
-                                            "calcified granuloma in the right upper lobe"]
+    assert split_sentences(report.text) == [
+        "mild cardiomegaly",
+        "no acute disease",
+        "the heart is mildly enlarged",
+        "there are no of a pleural effusion",
+        "calcified granuloma in the right upper lobe",
+    ]
 
 
 def test_iu_xml_from_bytes_uses_the_iuxrid_or_the_given_id():
@@ -177,7 +199,8 @@ def test_iu_xml_from_bytes_uses_the_iuxrid_or_the_given_id():
 
 def test_iu_xml_with_empty_sections():
     xml = IU_XML.replace('<AbstractText Label="FINDINGS">', '<AbstractText Label="FINDINGS"/><X>').replace(
-        "right upper lobe.</AbstractText>", "right upper lobe.</X>")
+        "right upper lobe.</AbstractText>", "right upper lobe.</X>"
+    )
     report = parse_iu_report_xml(xml.encode())
     assert report.findings == ""
     assert report.text == "1. Mild cardiomegaly. 2. No acute disease."
@@ -195,7 +218,7 @@ def test_unreadable_or_malformed_xml_names_the_file(tmp_path):
 
 
 def test_real_iu_report_from_the_installed_package_if_present():
-    spec = importlib.util.find_spec("torchxrayvision")   # located, never imported
+    spec = importlib.util.find_spec("torchxrayvision")  # located, never imported
     if spec is None:
         pytest.skip("torchxrayvision (data file only) not installed")
     tgz = os.path.join(list(spec.submodule_search_locations)[0], "data", "NLMCXR_reports.tgz")
@@ -205,5 +228,5 @@ def test_real_iu_report_from_the_installed_package_if_present():
     assert report.mesh_major == ["normal"]
     assert report.findings.startswith("The cardiac silhouette")
     sentences = split_sentences(report.text)
-    assert sentences[0] == "normal chest x"       # "Normal chest x-XXXX." without the de-identification mark
+    assert sentences[0] == "normal chest x"  # "Normal chest x-XXXX." without the de-identification mark
     assert all(len(s.split()) >= 2 for s in sentences)

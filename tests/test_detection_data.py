@@ -14,8 +14,13 @@ from monai.transforms import Compose
 from test_detection_fixtures import write_tiny_detection_dataset
 
 from bundle.data.manifest import ManifestError
-from bundle.downstream.detection_data import (BoxesToOriginald, DetectionTargetsd, detection_classes,
-                                              detection_transforms, load_detection_items)
+from bundle.downstream.detection_data import (
+    BoxesToOriginald,
+    DetectionTargetsd,
+    detection_classes,
+    detection_transforms,
+    load_detection_items,
+)
 
 torch.set_num_threads(1)
 
@@ -40,24 +45,27 @@ def test_resize_and_pad_keep_the_box_on_its_pixels():
     # Box x 6..30, y 30..90 covers rows 10..30 and columns 2..10 + 10 = 12..20 of the result.
     out = Compose(detection_transforms([1], image_size=40, load=False))(_item([(6, 30, 30, 90)]))
     assert out["image"].shape == (1, 40, 40)
-    expected = torch.tensor([[10.0, 12.0, 30.0, 20.0]])               # MONAI order [row1, col1, row2, col2]
+    expected = torch.tensor([[10.0, 12.0, 30.0, 20.0]])  # MONAI order [row1, col1, row2, col2]
     assert torch.allclose(out["box"], expected, atol=1e-4)
     assert _bright_extent(out["image"]) == expected[0].tolist()
-    assert out["label"].tolist() == [0]                                 # class-name index 1 -> detection class 0
-    restored = BoxesToOriginald("box")(out)["box_xyxy"]                 # back to the original, x = column
+    assert out["label"].tolist() == [0]  # class-name index 1 -> detection class 0
+    restored = BoxesToOriginald("box")(out)["box_xyxy"]  # back to the original, x = column
     assert torch.allclose(restored, torch.tensor([[6.0, 30.0, 30.0, 90.0]]), atol=1e-4)
 
 
 def test_flip_and_zoom_move_boxes_with_the_image():
     item = _item([(6, 30, 30, 90)])
-    transforms = Compose(detection_transforms([1], image_size=40, train=True, load=False, flip_prob=1.0,
-                                              zoom_prob=1.0, zoom_range=(1.5, 1.5)))
+    transforms = Compose(
+        detection_transforms(
+            [1], image_size=40, train=True, load=False, flip_prob=1.0, zoom_prob=1.0, zoom_range=(1.5, 1.5)
+        )
+    )
     transforms.set_random_state(0)
     out = transforms(item)
     # flip: columns 12..20 -> 20..28; zoom 1.5 about the centre (20, 20) keeping 40 x 40: rows 5..35, columns 20..32
     assert torch.allclose(out["box"], torch.tensor([[5.0, 20.0, 35.0, 32.0]]), atol=1e-4)
     extent = _bright_extent(out["image"])
-    assert all(abs(a - b) <= 1.0 for a, b in zip(extent, out["box"][0].tolist()))   # interpolation blurs 1 px
+    assert all(abs(a - b) <= 1.0 for a, b in zip(extent, out["box"][0].tolist()))  # interpolation blurs 1 px
 
 
 def test_image_without_boxes():
@@ -74,8 +82,10 @@ def test_box_past_the_image_error_or_clip():
 
 
 def test_detection_classes_from_box_classes_or_class_names():
-    assert detection_classes({"class_names": ["a", "b", "c", "d"], "box_classes": {"d": 3, "b": 1}}) == (["b", "d"],
-                                                                                                        [1, 3])
+    assert detection_classes({"class_names": ["a", "b", "c", "d"], "box_classes": {"d": 3, "b": 1}}) == (
+        ["b", "d"],
+        [1, 3],
+    )
     assert detection_classes({"class_names": ["pneumonia"]}) == (["pneumonia"], [0])
 
 
@@ -90,7 +100,7 @@ def test_broken_records_raise_naming_the_item(tmp_path):
     manifest = write_tiny_detection_dataset(tmp_path)
     sid = _edit_manifest(manifest, "validation", 1, box=[[1, 1, 5, 5], [2, 2, 6, 6]], box_label=[1])
     with pytest.raises(ManifestError, match=rf"item {sid} \(validation\): 2 boxes but 1 box labels"):
-        load_detection_items(str(manifest), "validation", bad_box="skip")   # never skipped: the manifest is broken
+        load_detection_items(str(manifest), "validation", bad_box="skip")  # never skipped: the manifest is broken
     _edit_manifest(manifest, "validation", 1, box=[[1, 1, 5, 5]], box_label=[7])
     with pytest.raises(ManifestError, match="box label #0 7 is not a detection class"):
         load_detection_items(str(manifest), "validation")

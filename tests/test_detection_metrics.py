@@ -65,9 +65,16 @@ def test_no_ground_truth_at_all_is_nan():
 def test_ignite_metric_reads_engine_output():
     metric = DetectionMAP(["a"], "mAP_40_75")
     metric.reset()
-    output = {"pred": [{"box": torch.tensor([[0.0, 0.0, 10.0, 6.2]]), "label": torch.tensor([0]),
-                        "label_scores": torch.tensor([0.9])}],
-              "label": [{"box": torch.tensor([[0.0, 0.0, 10.0, 10.0]]), "label": torch.tensor([0])}]}
+    output = {
+        "pred": [
+            {
+                "box": torch.tensor([[0.0, 0.0, 10.0, 6.2]]),
+                "label": torch.tensor([0]),
+                "label_scores": torch.tensor([0.9]),
+            }
+        ],
+        "label": [{"box": torch.tensor([[0.0, 0.0, 10.0, 10.0]]), "label": torch.tensor([0])}],
+    }
     metric.update(detection_outputs(output))
     assert metric.compute() == pytest.approx(5 / 8)
 
@@ -81,11 +88,11 @@ def test_agrees_with_pycocotools():
     preds, targets, images, annotations, detections = [], [], [], [], []
     for image_id in range(12):
         gt = []
-        for _ in range(int(rng.integers(0, 3))):   # some images without boxes
+        for _ in range(int(rng.integers(0, 3))):  # some images without boxes
             x, y, w, h = rng.uniform(0, 60), rng.uniform(0, 60), rng.uniform(8, 30), rng.uniform(8, 30)
             gt.append([x, y, x + w, y + h])
         pred, scores = [], []
-        for box in gt:   # jittered true boxes plus random false positives
+        for box in gt:  # jittered true boxes plus random false positives
             if rng.uniform() < 0.8:
                 pred.append([v + rng.normal(0, 2.5) for v in box])
                 scores.append(float(rng.uniform(0.3, 1.0)))
@@ -94,15 +101,25 @@ def test_agrees_with_pycocotools():
             pred.append([x, y, x + rng.uniform(8, 25), y + rng.uniform(8, 25)])
             scores.append(float(rng.uniform(0.0, 0.9)))
         targets.append({"box": np.array(gt).reshape(-1, 4), "label": np.zeros(len(gt), int)})
-        preds.append({"box": np.array(pred).reshape(-1, 4), "label": np.zeros(len(pred), int),
-                      "label_scores": np.array(scores)})
+        preds.append(
+            {"box": np.array(pred).reshape(-1, 4), "label": np.zeros(len(pred), int), "label_scores": np.array(scores)}
+        )
         images.append({"id": image_id, "width": 100, "height": 100})
         for b in gt:
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": 1, "iscrowd": 0,
-                                "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "area": (b[2] - b[0]) * (b[3] - b[1])})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "iscrowd": 0,
+                    "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
+                    "area": (b[2] - b[0]) * (b[3] - b[1]),
+                }
+            )
         for b, s in zip(pred, scores):
-            detections.append({"image_id": image_id, "category_id": 1, "score": s,
-                               "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]})
+            detections.append(
+                {"image_id": image_id, "category_id": 1, "score": s, "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]}
+            )
     coco = COCO()
     coco.dataset = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "a"}]}
     coco.createIndex()
@@ -111,6 +128,6 @@ def test_agrees_with_pycocotools():
     evaluation.params.maxDets = [100]
     evaluation.evaluate()
     evaluation.accumulate()
-    precision = evaluation.eval["precision"][:, :, 0, 0, 0]   # [10 IoU thresholds, 101 recall points]
+    precision = evaluation.eval["precision"][:, :, 0, 0, 0]  # [10 IoU thresholds, 101 recall points]
     assert _map(preds, targets, (0.5, 0.95, 0.05)) == pytest.approx(float(precision.mean()), abs=1e-6)
     assert _map(preds, targets, (0.5, 0.5, 0.05)) == pytest.approx(float(precision[0].mean()), abs=1e-6)

@@ -11,9 +11,7 @@ from bundle.downstream.retrieval import retrieval_metrics, split_retrieval
 def test_retrieval_metrics_hand_case():
     # query 0: own score 0.9 is the best -> rank 1; query 1: own 0.2 below 0.5 and 0.7 -> rank 3;
     # query 2: own 0.4 ties with 0.4 -> rank 2 (a tie counts against the query)
-    sim = torch.tensor([[0.9, 0.1, 0.0, 0.3],
-                        [0.5, 0.2, 0.7, 0.1],
-                        [0.4, 0.0, 0.4, 0.3]])
+    sim = torch.tensor([[0.9, 0.1, 0.0, 0.3], [0.5, 0.2, 0.7, 0.1], [0.4, 0.0, 0.4, 0.3]])
     out = retrieval_metrics(sim, ks=(1, 2, 5))
     assert out["R@1"] == pytest.approx(1 / 3)
     assert out["R@2"] == pytest.approx(2 / 3)

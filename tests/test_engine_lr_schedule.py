@@ -12,8 +12,9 @@ from bundle.engines.lr_schedule import StagedWarmupCosineLR
 def _monai_reference(base_lr, start_lr, warmup_steps, total_steps):
     param = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([param], lr=base_lr)
-    sched = WarmupCosineSchedule(opt, warmup_steps=warmup_steps, t_total=total_steps,
-                                 warmup_multiplier=start_lr / base_lr)
+    sched = WarmupCosineSchedule(
+        opt, warmup_steps=warmup_steps, t_total=total_steps, warmup_multiplier=start_lr / base_lr
+    )
     lrs = []
     for _ in range(total_steps):
         lrs.append(opt.param_groups[0]["lr"])

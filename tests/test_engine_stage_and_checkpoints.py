@@ -77,11 +77,24 @@ def _two_stage_run(tmp_path, stage2_init, epochs=(2, 1), val_losses=None):
 
             evaluator.add_event_handler(Events.EPOCH_COMPLETED, rewrite)
 
-    evaluator = CMCGNSEvaluator("cpu", batches[:1], model, key_val_metric={"val_loss": BatchMean("loss")},
-                                val_handlers=[ScriptedLoss(), best1, best2])
-    stage = StageScheduleHandler(model, opt, epochs[0], epochs[1], str(tmp_path), best_checkpoint=best1.path,
-                                 stage2_init=stage2_init, stage2_optimizer_hyperparameters={"weight_decay": 0.25},
-                                 evaluator=evaluator)
+    evaluator = CMCGNSEvaluator(
+        "cpu",
+        batches[:1],
+        model,
+        key_val_metric={"val_loss": BatchMean("loss")},
+        val_handlers=[ScriptedLoss(), best1, best2],
+    )
+    stage = StageScheduleHandler(
+        model,
+        opt,
+        epochs[0],
+        epochs[1],
+        str(tmp_path),
+        best_checkpoint=best1.path,
+        stage2_init=stage2_init,
+        stage2_optimizer_hyperparameters={"weight_decay": 0.25},
+        evaluator=evaluator,
+    )
     seen_stages = []
 
     class StageProbe:
@@ -94,8 +107,9 @@ def _two_stage_run(tmp_path, stage2_init, epochs=(2, 1), val_losses=None):
 
             engine.add_event_handler(Events.EPOCH_STARTED, probe)
 
-    trainer = CMCGNSTrainer("cpu", sum(epochs), batches, model, opt,
-                            train_handlers=[ValidationHandler(1, evaluator), stage, StageProbe()])
+    trainer = CMCGNSTrainer(
+        "cpu", sum(epochs), batches, model, opt, train_handlers=[ValidationHandler(1, evaluator), stage, StageProbe()]
+    )
     trainer.run()
     return model, opt, snapshots, seen_stages, best1, best2
 

@@ -44,8 +44,15 @@ class StandInModel(nn.Module):
         loss_global = per_sample.mean()
         recon = self.decoder(img).pow(2).mean() if int(self.stage) == 2 else img.new_zeros(())
         zero = img.new_zeros(())
-        return {"loss": loss_global + recon, "loss_img": zero, "loss_report": zero, "loss_global": loss_global,
-                "loss_recon": recon, "acc_i2t_top1": zero + 0.5, "logit_scale": zero + 10.0}
+        return {
+            "loss": loss_global + recon,
+            "loss_img": zero,
+            "loss_report": zero,
+            "loss_global": loss_global,
+            "loss_recon": recon,
+            "acc_i2t_top1": zero + 0.5,
+            "logit_scale": zero + 10.0,
+        }
 
 
 def make_batch(ids, num_sentences=None, image_fill=None, seed=0):
@@ -58,16 +65,28 @@ def make_batch(ids, num_sentences=None, image_fill=None, seed=0):
     num_sentences = torch.tensor(num_sentences if num_sentences is not None else [1] * b)
     sentence_index = torch.full((b, L), -1)
     sentence_index[:, 1:3] = 1
-    return {"image": image, "input_ids": torch.randint(1, 20, (b, L), generator=g),
-            "attention_mask": torch.ones(b, L, dtype=torch.long), "token_type_ids": torch.zeros(b, L, dtype=torch.long),
-            "sentence_index": sentence_index, "num_sentences": num_sentences, "id": list(ids),
-            "report": [f"report {i}" for i in ids]}
+    return {
+        "image": image,
+        "input_ids": torch.randint(1, 20, (b, L), generator=g),
+        "attention_mask": torch.ones(b, L, dtype=torch.long),
+        "token_type_ids": torch.zeros(b, L, dtype=torch.long),
+        "sentence_index": sentence_index,
+        "num_sentences": num_sentences,
+        "id": list(ids),
+        "report": [f"report {i}" for i in ids],
+    }
 
 
 def make_trainer(model, batches, lr=0.1, optimizer_cls=torch.optim.SGD, **kwargs):
     optimizer = optimizer_cls(model.parameters(), lr=lr)
-    return CMCGNSTrainer(device="cpu", max_epochs=kwargs.pop("max_epochs", 1), train_data_loader=batches,
-                         network=model, optimizer=optimizer, **kwargs)
+    return CMCGNSTrainer(
+        device="cpu",
+        max_epochs=kwargs.pop("max_epochs", 1),
+        train_data_loader=batches,
+        network=model,
+        optimizer=optimizer,
+        **kwargs,
+    )
 
 
 def test_drop_empty_reports_keeps_rows_aligned():
@@ -113,8 +132,10 @@ def test_non_finite_loss_stops_with_iteration_terms_and_batch_ids():
 def test_gradient_accumulation_equals_one_step_on_the_union_batch():
     # loss is a per-sample mean, so two accumulated half batches of 2 give the gradient of one batch of 4
     full = make_batch(["a", "b", "c", "d"], seed=5)
-    halves = [{k: (v[:2] if k != "num_sentences" else v[:2]) for k, v in full.items()},
-              {k: v[2:] for k, v in full.items()}]
+    halves = [
+        {k: (v[:2] if k != "num_sentences" else v[:2]) for k, v in full.items()},
+        {k: v[2:] for k, v in full.items()},
+    ]
     torch.manual_seed(0)
     model_acc = StandInModel()
     model_one = copy.deepcopy(model_acc)
@@ -149,8 +170,9 @@ def test_evaluator_averages_over_batches_and_reports_chance():
     batches = [make_batch(["a", "b"]), make_batch(["c", "d", "e", "f"], seed=1), make_batch(["z"], [0])]
     metrics = pretrain_validation_metrics()
     key = {"val_loss": metrics.pop("val_loss")}
-    evaluator = CMCGNSEvaluator(device="cpu", val_data_loader=batches, network=model, key_val_metric=key,
-                                additional_metrics=metrics)
+    evaluator = CMCGNSEvaluator(
+        device="cpu", val_data_loader=batches, network=model, key_val_metric=key, additional_metrics=metrics
+    )
     evaluator.run()
     # independent reference: the same forward per batch, without the engine
     model.eval()
@@ -186,8 +208,16 @@ def test_mixed_precision_on_cuda_trains(amp_dtype):
     model = StandInModel().cuda()
     before = [p.detach().clone() for p in model.parameters()]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    trainer = CMCGNSTrainer(device="cuda", max_epochs=1, train_data_loader=[make_batch(["a", "b"]), make_batch(
-        ["c", "d"], seed=1)], network=model, optimizer=optimizer, amp=True, amp_dtype=amp_dtype, max_grad_norm=1.0)
+    trainer = CMCGNSTrainer(
+        device="cuda",
+        max_epochs=1,
+        train_data_loader=[make_batch(["a", "b"]), make_batch(["c", "d"], seed=1)],
+        network=model,
+        optimizer=optimizer,
+        amp=True,
+        amp_dtype=amp_dtype,
+        max_grad_norm=1.0,
+    )
     trainer.run()
     assert (trainer.scaler is not None) == (amp_dtype == "float16")
     assert np_isfinite(trainer.state.output["loss"])
@@ -200,9 +230,12 @@ def test_logging_handlers_accept_a_skipped_batch(tmp_path):
     from bundle.engines.progress import ProgressBarHandler, TrainingHistoryWriter, read_history, training_scalars
 
     batches = [make_batch(["a", "b"]), make_batch(["e1", "e2"], num_sentences=[0, 0]), make_batch(["c", "d"], seed=1)]
-    handlers = [StatsHandler(iteration_log=1, output_transform=training_scalars),
-                TensorBoardStatsHandler(log_dir=str(tmp_path / "tb"), output_transform=training_scalars),
-                ProgressBarHandler(), TrainingHistoryWriter(str(tmp_path / "history.jsonl"))]
+    handlers = [
+        StatsHandler(iteration_log=1, output_transform=training_scalars),
+        TensorBoardStatsHandler(log_dir=str(tmp_path / "tb"), output_transform=training_scalars),
+        ProgressBarHandler(),
+        TrainingHistoryWriter(str(tmp_path / "history.jsonl")),
+    ]
     trainer = make_trainer(StandInModel(), batches, train_handlers=handlers)
     trainer.run()
     train, _ = read_history(str(tmp_path / "history.jsonl"))

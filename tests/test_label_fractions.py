@@ -31,7 +31,7 @@ def test_multi_hot_labels_are_strata_and_order_follows_the_items():
     # strata of 10 and 30 items: exact shares 2.5 and 7.5 -> 2 + 7, the one left over goes to the tie's first
     # stratum by repr, "(0.0, 1.0)" < "(1.0, 0.0)"
     assert len(chosen) == 10 and sum(int(i[1:]) % 4 == 0 for i in chosen) == 3
-    assert chosen == [it["id"] for it in items if it["id"] in set(chosen)]   # manifest order kept
+    assert chosen == [it["id"] for it in items if it["id"] in set(chosen)]  # manifest order kept
 
 
 def test_choice_depends_on_seed_and_ids_not_on_input_order():
@@ -51,7 +51,7 @@ def test_tiny_training_set_keeps_at_least_one_item():
 def test_custom_stratum_and_no_stratification():
     items = [{"id": str(k), "box_label": [0] * (k % 3)} for k in range(30)]
     by_box = nested_fraction_subsets(items, (0.1, 1.0), stratum_of=lambda it: bool(it["box_label"]))
-    assert sum(1 for i in by_box[0.1] if int(i) % 3 == 0) == 1   # 10 negatives -> 1, 20 positives -> 2
+    assert sum(1 for i in by_box[0.1] if int(i) % 3 == 0) == 1  # 10 negatives -> 1, 20 positives -> 2
     assert len(nested_fraction_subsets(items, (0.5,), label_key=None)[0.5]) == 15
 
 

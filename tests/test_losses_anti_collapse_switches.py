@@ -53,7 +53,8 @@ def test_learnable_attention_scale_multiplies_the_logits_and_gets_a_gradient():
     assert out.attn_image_to_text[valid].std() > 4 * spread_published
     fixed = SigmoidCrossModalAttention(D, logit_scale=8.0, learn_logit_scale=False)
     assert "log_logit_scale" in dict(fixed.named_buffers()) and not list(
-        n for n, _ in fixed.named_parameters() if "scale" in n)
+        n for n, _ in fixed.named_parameters() if "scale" in n
+    )
 
 
 def test_predictor_batchnorm_switch():
@@ -73,8 +74,9 @@ def test_predictor_batchnorm_switch():
 
 def test_kmeans_start_step_keeps_the_gate_closed_until_then():
     z = F.normalize(torch.randn(6, 4, generator=torch.Generator().manual_seed(1)), dim=-1)
-    loss = ClusterGuidedReportLoss(embed_dim=4, num_clusters=2, centroid_init="greedy", start_cosine=2.0,
-                                   start_step=3).train()
+    loss = ClusterGuidedReportLoss(
+        embed_dim=4, num_clusters=2, centroid_init="greedy", start_cosine=2.0, start_step=3
+    ).train()
     for step in range(3):  # gate value is always below 2: only the step keeps it closed
         loss(z, z)
         assert not loss.state.is_initialized, step

@@ -142,14 +142,29 @@ def test_cluster_report_loss_matches_row_loop(layout, mode, update, reduction):
     f_ir = SigmoidCrossModalAttention(D)(image_tokens, sentences, valid).image_to_text
     z1, z2 = sentences[valid], f_ir[valid]
     loss = ClusterGuidedReportLoss(
-        embed_dim=D, num_clusters=3, centroid_lr=0.3, centroid_update=update, hard_negative_mode=mode,
-        hard_negative_bias=0.25, bml_reduction=reduction, bml_weight=0.5,
+        embed_dim=D,
+        num_clusters=3,
+        centroid_lr=0.3,
+        centroid_update=update,
+        hard_negative_mode=mode,
+        hard_negative_bias=0.25,
+        bml_reduction=reduction,
+        bml_weight=0.5,
     ).train()
     loss.state.centroids.copy_(torch.randn(3, D))
     loss.state.initialized.fill_(True)
     reference = loop_cluster_report_loss(
-        z1, z2, loss.state.centroids, True, True, lr=0.3, update_mode=update, hard_negative_mode=mode,
-        hard_negative_bias=0.25, bml_weight=0.5, bml_reduction=reduction,
+        z1,
+        z2,
+        loss.state.centroids,
+        True,
+        True,
+        lr=0.3,
+        update_mode=update,
+        hard_negative_mode=mode,
+        hard_negative_bias=0.25,
+        bml_weight=0.5,
+        bml_reduction=reduction,
     )
     out = loss(z1, z2)
     for key in ("loss", "ce", "bml"):

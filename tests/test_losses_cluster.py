@@ -44,7 +44,9 @@ CE_ADDITIVE_BIAS_HALF = (
     + (-R + math.log(math.exp(0.5) + math.exp(R) + math.exp(-0.5) + math.exp(1.0)))  # 1/2 + 1/2
     + math.log(1 + E + 1 + math.exp(0.5))
 ) / 3
-CE_PLAIN = ((-1 + math.log(E + 1 + 1 / E)) + (-R + math.log(math.exp(0.5) + math.exp(R) + math.exp(-0.5))) + math.log(2 + E)) / 3
+CE_PLAIN = (
+    (-1 + math.log(E + 1 + 1 / E)) + (-R + math.log(math.exp(0.5) + math.exp(R) + math.exp(-0.5))) + math.log(2 + E)
+) / 3
 # BML: pair (1,2): delta = C_12 - C_11 = -1/2 - r -> relu(delta + 0.2) + relu(-delta - 0.5) = r;
 #      pair (2,1): delta = C_21 - C_22 = 1 - 0 = 1 -> relu(1.2) + relu(-1.5) = 1.2 (too close to the positive).
 BML_MASKED = (R + 1.2) / 2
@@ -89,9 +91,7 @@ def test_masked_bml_is_zero_without_false_negatives():
     assert boundary_margin_loss(c, torch.zeros(4, 4), 0.2, 0.5, "all").item() == pytest.approx(0.2)
 
 
-@pytest.mark.parametrize(
-    "mode,expected_c0", [("mean", [0.95, 0.15]), ("sum", [1.4, 0.3])]
-)
+@pytest.mark.parametrize("mode,expected_c0", [("mean", [0.95, 0.15]), ("sum", [1.4, 0.3])])
 def test_centroid_update_by_hand(mode, expected_c0):
     # c0 = (1,0) gets (1,0) and (0.8,0.6): mean (0.9,0.3), sum (1.8,0.6); c1 = (0,1) gets (0.6,0.8); c2 gets nothing.
     state = KMeansClusterState(num_clusters=3, dim=2, lr=0.5, update_mode=mode)

@@ -92,8 +92,14 @@ def test_local_diagnostics_of_a_uniform_attention_and_collapsed_tokens():
 def test_diverse_batch_is_not_flagged():
     b, p, s, d = 8, 9, 4, 32
     valid = torch.ones(b, s, dtype=torch.bool)
-    out = local_diagnostics(unit_rows(b, p, d), unit_rows(b, p, d, seed=1), unit_rows(b, s, d, seed=2),
-                            torch.rand(b, s, p), torch.rand(b, p, s), valid)
+    out = local_diagnostics(
+        unit_rows(b, p, d),
+        unit_rows(b, p, d, seed=1),
+        unit_rows(b, s, d, seed=2),
+        torch.rand(b, s, p),
+        torch.rand(b, p, s),
+        valid,
+    )
     assert collapse_findings({k: float(v) for k, v in out.items()}) == []
 
 
@@ -122,8 +128,9 @@ def test_start_gate_on_cosine_ignores_the_temperature():
     assert 0.9 < mean_cos < 1.0
     for gate_on, opens in (("cosine", True), ("logits", False)):
         # t = 0.5: mean(C) = 2 * mean cosine > 1 >= gate, mean cosine < 1 = gate
-        loss = ClusterGuidedReportLoss(embed_dim=2, num_clusters=2, temperature=0.5, start_cosine=1.0,
-                                       centroid_init="greedy", gate_on=gate_on).train()
+        loss = ClusterGuidedReportLoss(
+            embed_dim=2, num_clusters=2, temperature=0.5, start_cosine=1.0, centroid_init="greedy", gate_on=gate_on
+        ).train()
         loss(z1, z1)
         assert loss.state.is_initialized is opens, gate_on
     with pytest.raises(ValueError, match="gate_on"):

@@ -17,8 +17,19 @@ from test_model_support import ragged_sentence_index, tiny_model_kwargs, tiny_te
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 CONTRACT_KEYS = {
-    "loss", "loss_img", "loss_report", "loss_global", "loss_recon", "loss_recon_masked", "bml",
-    "acc_i2t_top1", "acc_i2t_top5", "acc_t2i_top1", "acc_t2i_top5", "logit_scale", "kmeans_initialized",
+    "loss",
+    "loss_img",
+    "loss_report",
+    "loss_global",
+    "loss_recon",
+    "loss_recon_masked",
+    "bml",
+    "acc_i2t_top1",
+    "acc_i2t_top5",
+    "acc_t2i_top1",
+    "acc_t2i_top5",
+    "logit_scale",
+    "kmeans_initialized",
     "centroid_usage",
 }
 COUNTS = [1, 6, 2, 1]  # ragged: single-sentence reports next to a long one
@@ -44,8 +55,17 @@ def build(text_dir, **overrides) -> CMCGNS:
     return CMCGNS(**kwargs)
 
 
-VIT = dict(image_encoder="vit_b16", image_size=32, vit_hidden_size=32, vit_mlp_dim=64, vit_num_layers=1,
-           vit_num_heads=2, vit_decoder_num_layers=2, vit_decoder_ff_dim=32, vit_decoder_num_heads=2)
+VIT = dict(
+    image_encoder="vit_b16",
+    image_size=32,
+    vit_hidden_size=32,
+    vit_mlp_dim=64,
+    vit_num_layers=1,
+    vit_num_heads=2,
+    vit_decoder_num_layers=2,
+    vit_decoder_ff_dim=32,
+    vit_decoder_num_heads=2,
+)
 
 
 def official_overrides() -> dict:

@@ -68,8 +68,16 @@ def torchvision_forward(sd: dict, x: torch.Tensor, depth: int) -> torch.Tensor:
     """torchvision's ResNet forward up to layer4 (eval mode), written with torch.nn.functional only."""
 
     def bn(t, prefix):
-        return F.batch_norm(t, sd[prefix + "running_mean"], sd[prefix + "running_var"], sd[prefix + "weight"],
-                            sd[prefix + "bias"], False, 0.0, 1e-5)
+        return F.batch_norm(
+            t,
+            sd[prefix + "running_mean"],
+            sd[prefix + "running_var"],
+            sd[prefix + "weight"],
+            sd[prefix + "bias"],
+            False,
+            0.0,
+            1e-5,
+        )
 
     x = F.relu(bn(F.conv2d(x, sd["conv1.weight"], stride=2, padding=3), "bn1."))
     x = F.max_pool2d(x, 3, 2, 1)
@@ -147,8 +155,9 @@ def test_resnet_local_tokens_are_positions_and_global_is_attention_pooled():
 
 def test_vit_encoder_returns_patch_tokens_and_cls():
     torch.manual_seed(0)
-    encoder = ViTImageEncoder(in_channels=1, image_size=32, patch_size=16, hidden_size=32, mlp_dim=64,
-                              num_layers=1, num_heads=2)
+    encoder = ViTImageEncoder(
+        in_channels=1, image_size=32, patch_size=16, hidden_size=32, mlp_dim=64, num_layers=1, num_heads=2
+    )
     local, cls = encoder(torch.randn(3, 1, 32, 32))
     assert local.shape == (3, 4, 32) and cls.shape == (3, 32)
     assert encoder.forward_features(torch.randn(1, 1, 32, 32)).shape == (1, 32, 2, 2)

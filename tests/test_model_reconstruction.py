@@ -49,8 +49,9 @@ def test_official_vit_mask_drops_positions_and_rescales():
 @pytest.mark.parametrize("relu_before_output", [False, True])
 def test_resnet_decoder_shape_and_output_range(relu_before_output):
     torch.manual_seed(0)
-    decoder = ResNetReconstructionDecoder(16, grid_size=2, image_size=64, out_channels=1,
-                                          channels=(16, 8, 8, 8), relu_before_output=relu_before_output)
+    decoder = ResNetReconstructionDecoder(
+        16, grid_size=2, image_size=64, out_channels=1, channels=(16, 8, 8, 8), relu_before_output=relu_before_output
+    )
     convs = [m for m in decoder.head if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == [16, 8, 8, 8, 1]  # 5 stages from 2 to 64 px
     torch.nn.init.constant_(convs[-1].bias, -0.3)  # push the output towards negative values
@@ -71,8 +72,9 @@ def test_official_decoder_output_cannot_go_below_zero():
 
 def vit_decoder(**kwargs):
     torch.manual_seed(0)
-    return ViTReconstructionDecoder(16, grid_size=2, image_size=32, channels=(8, 8, 8), num_heads=2, num_layers=3,
-                                    ff_dim=32, dropout=0.0, **kwargs).eval()
+    return ViTReconstructionDecoder(
+        16, grid_size=2, image_size=32, channels=(8, 8, 8), num_heads=2, num_layers=3, ff_dim=32, dropout=0.0, **kwargs
+    ).eval()
 
 
 def test_vit_decoder_keeps_images_independent_unless_the_published_layout_is_used():

@@ -21,8 +21,12 @@ def tiny_text_model_dir(path: Path) -> Path:
 
     path.mkdir(parents=True, exist_ok=True)
     config = BertConfig(
-        vocab_size=len(TINY_VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64,
+        vocab_size=len(TINY_VOCAB),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
     )
     torch.manual_seed(1234)
     BertModel(config).save_pretrained(path)

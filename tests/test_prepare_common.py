@@ -8,8 +8,17 @@ import hashlib
 import pytest
 
 from bundle.data.prepare.common import (
-    PreparationError, SkipLog, allocate_counts, check_unique_ids, count_data_lines, ids_sha256, read_csv_rows,
-    relative_path, seeded_sample, stratified_group_split)
+    PreparationError,
+    SkipLog,
+    allocate_counts,
+    check_unique_ids,
+    count_data_lines,
+    ids_sha256,
+    read_csv_rows,
+    relative_path,
+    seeded_sample,
+    stratified_group_split,
+)
 
 
 def test_read_csv_strips_header_and_values_and_reads_gzip(tmp_path):
@@ -17,7 +26,9 @@ def test_read_csv_strips_header_and_values_and_reads_gzip(tmp_path):
     with gzip.open(path, "wt") as f:
         f.write("ImageId, EncodedPixels\n1.2.3, -1\n\n1.2.4, 5 6\n")
     assert list(read_csv_rows(path, ["ImageId", "EncodedPixels"])) == [
-        (2, {"ImageId": "1.2.3", "EncodedPixels": "-1"}), (4, {"ImageId": "1.2.4", "EncodedPixels": "5 6"})]
+        (2, {"ImageId": "1.2.3", "EncodedPixels": "-1"}),
+        (4, {"ImageId": "1.2.4", "EncodedPixels": "5 6"}),
+    ]
     assert count_data_lines(path) == 3
 
 
@@ -40,7 +51,7 @@ def test_allocate_counts_largest_remainder(n, expected):
 
 
 def test_grouped_split_is_stratified_deterministic_and_order_free():
-    groups = {f"g{k:03d}": k % 3 == 0 for k in range(300)}   # 100 positive, 200 negative groups
+    groups = {f"g{k:03d}": k % 3 == 0 for k in range(300)}  # 100 positive, 200 negative groups
     proportions = {"training": 0.7, "validation": 0.15, "test": 0.15}
     a = stratified_group_split(groups, proportions, seed=5)
     b = stratified_group_split(dict(reversed(list(groups.items()))), proportions, seed=5)
@@ -72,8 +83,10 @@ def test_skip_log_counts_and_strict_raises():
     log = SkipLog()
     for k in range(7):
         log.skip("image listed but missing", f"id{k}")
-    assert log.as_dict() == {"total": 7, "reasons": {"image listed but missing": {
-        "count": 7, "examples": ["id0", "id1", "id2", "id3", "id4"]}}}
+    assert log.as_dict() == {
+        "total": 7,
+        "reasons": {"image listed but missing": {"count": 7, "examples": ["id0", "id1", "id2", "id3", "id4"]}},
+    }
     with pytest.raises(PreparationError, match="id9: malformed RLE"):
         SkipLog(strict=True).skip("malformed RLE", "id9")
 
@@ -86,8 +99,9 @@ def test_relative_path_is_posix_and_relative_to_out(tmp_path):
 def test_split_proportions_leave_training_the_rest():
     from bundle.data.prepare.common import split_proportions
 
-    assert split_proportions(validation=0.15, test=0.15) == pytest.approx({"training": 0.7, "validation": 0.15,
-                                                                           "test": 0.15})
+    assert split_proportions(validation=0.15, test=0.15) == pytest.approx(
+        {"training": 0.7, "validation": 0.15, "test": 0.15}
+    )
     for bad in ({"validation": 0.6, "test": 0.4}, {"validation": -0.1}):
         with pytest.raises(PreparationError, match="held-out fractions"):
             split_proportions(**bad)

@@ -18,10 +18,12 @@ def build_covidx(src: Path) -> None:
     train = [f"N{k} n{k}.png normal rsna" for k in range(5)]
     train += [f"P{k} p{k}.jpg pneumonia rsna" for k in range(3)]
     train += [f"C{k} c{k}-{j}.png COVID-19 cohen" for k in range(2) for j in range(2)]
-    train += ["X1 spaced name.png normal sirm"]        # a filename with a space (joined, the image exists)
-    train += ["X2 missing.png normal rsna",            # image listed but missing
-              "X3 short.png normal",                   # 3 fields
-              "N0 n0.png normal rsna"]                 # an identical repeat
+    train += ["X1 spaced name.png normal sirm"]  # a filename with a space (joined, the image exists)
+    train += [
+        "X2 missing.png normal rsna",  # image listed but missing
+        "X3 short.png normal",  # 3 fields
+        "N0 n0.png normal rsna",
+    ]  # an identical repeat
     test = ["T1 t1.png normal rsna", "T2 t2.png pneumonia rsna", "T3 t3.png COVID-19 cohen"]
     (src / "train.txt").parent.mkdir(parents=True)
     (src / "train.txt").write_text("\n".join(train) + "\n")
@@ -55,7 +57,7 @@ def test_three_class_manifest_split_by_patient(prepared):
     counts = {s: [sum(it["label"] == c for it in manifest[s]) for c in range(3)] for s in SPLITS}
     assert counts == {"training": [5, 2, 4], "validation": [1, 1, 0], "test": [1, 1, 1]}
     covid_patients = {s: {it["id"][:2] for it in manifest[s] if it["label"] == 2} for s in SPLITS}
-    assert covid_patients["training"] == {"c0", "c1"}   # both images of a patient stay together
+    assert covid_patients["training"] == {"c0", "c1"}  # both images of a patient stay together
     assert "patient" not in items["n0.png"]
 
 
@@ -66,20 +68,27 @@ def test_summary_skips_and_notes(prepared):
     assert reasons == {"image listed but missing": 1, "malformed list row": 1, "duplicate row (identical)": 1}
     assert summary["notes"]["label_scheme"].startswith("3-class")
     assert summary["manifests"]["classification"]["splits"]["training"]["classes"] == {
-        "COVID-19": 4, "normal": 5, "pneumonia": 2}
+        "COVID-19": 4,
+        "normal": 5,
+        "pneumonia": 2,
+    }
 
 
 def test_binary_scheme_and_official_validation_list(tmp_path):
     src = tmp_path / "src"
-    lines = {"train": ["A a.png negative x", "B b.png positive y"], "val": ["C c.png positive y"],
-             "test": ["D d.png negative x", "E e.png POSITIVE y"]}
+    lines = {
+        "train": ["A a.png negative x", "B b.png positive y"],
+        "val": ["C c.png positive y"],
+        "test": ["D d.png negative x", "E e.png POSITIVE y"],
+    }
     for name, rows in lines.items():
         (src / name).mkdir(parents=True)
         (src / f"{name}.txt").write_text("\n".join(rows) + "\n")
         for row in rows:
             write_gray(src / name / row.split()[1], 8, 8)
-    assert run_script("covidx", "--src", str(src), "--out", str(tmp_path / "out"),
-                      "--val_list", str(src / "val.txt")) == 0
+    assert (
+        run_script("covidx", "--src", str(src), "--out", str(tmp_path / "out"), "--val_list", str(src / "val.txt")) == 0
+    )
     manifest = load_json(tmp_path / "out" / "manifests" / "classification.json")
     assert manifest["meta"]["class_names"] == ["negative", "positive"]
     assert [(it["id"], it["label"]) for it in manifest["training"]] == [("a.png", 0), ("b.png", 1)]

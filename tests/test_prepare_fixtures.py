@@ -43,7 +43,7 @@ def write_gray(path: Path, height: int, width: int, value: int = 100) -> Path:
     """An 8-bit grey JPG or PNG (format from the suffix) of the given size."""
     path.parent.mkdir(parents=True, exist_ok=True)
     pixels = np.full((height, width), value, dtype=np.uint8)
-    pixels[: height // 2] = 255 - value   # not uniform, so an orientation error would be visible
+    pixels[: height // 2] = 255 - value  # not uniform, so an orientation error would be visible
     Image.fromarray(pixels).save(path)
     return path
 
@@ -100,10 +100,16 @@ def test_scripts_start_as_separate_processes_without_pythonpath(dataset):
     import os
     import subprocess
 
-    if dataset == "mimic_cxr":   # its module imports the report parser of bundle.data.reports
+    if dataset == "mimic_cxr":  # its module imports the report parser of bundle.data.reports
         pytest.importorskip("bundle.data.reports")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run([sys.executable, str(BUNDLE_ROOT / "scripts" / f"prepare_{dataset}.py"), "--help"],
-                            capture_output=True, text=True, env=env, cwd="/", timeout=60)
+    result = subprocess.run(
+        [sys.executable, str(BUNDLE_ROOT / "scripts" / f"prepare_{dataset}.py"), "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd="/",
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert "--src" in result.stdout and "--out" in result.stdout and "--strict" in result.stdout

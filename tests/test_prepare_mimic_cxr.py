@@ -41,7 +41,7 @@ TOO_SHORT = " IMPRESSION: No.\n"
 RECORDS = [
     ("d01", "10000032", "50000001", "PA", "train", REPORT, True),
     ("d02", "10000032", "50000001", "LATERAL", "train", REPORT, True),
-    ("d03", "10000032", "50000001", "AP", "train", REPORT, True),          # same study: same report
+    ("d03", "10000032", "50000001", "AP", "train", REPORT, True),  # same study: same report
     ("d04", "10000764", "50000002", "PA", "validate", REPORT_2, True),
     ("d05", "11000011", "50000003", "AP", "test", REPORT_2, True),
     ("d06", "11000011", "50000004", "PA", "test", NO_SECTIONS, True),
@@ -56,11 +56,22 @@ RECORDS = [
 def build_mimic(src: Path) -> None:
     files = src / "files"
     src.mkdir(parents=True)
-    with gzip.open(src / "mimic-cxr-2.0.0-metadata.csv.gz", "wt", newline="") as meta, \
-            gzip.open(src / "mimic-cxr-2.0.0-split.csv.gz", "wt", newline="") as split:
+    with (
+        gzip.open(src / "mimic-cxr-2.0.0-metadata.csv.gz", "wt", newline="") as meta,
+        gzip.open(src / "mimic-cxr-2.0.0-split.csv.gz", "wt", newline="") as split,
+    ):
         m, s = csv.writer(meta), csv.writer(split)
-        m.writerow(["dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition",
-                    "Rows", "Columns"])
+        m.writerow(
+            [
+                "dicom_id",
+                "subject_id",
+                "study_id",
+                "PerformedProcedureStepDescription",
+                "ViewPosition",
+                "Rows",
+                "Columns",
+            ]
+        )
         s.writerow(["dicom_id", "study_id", "subject_id", "split"])
         for dicom_id, subject, study, view, official, text, has_image in RECORDS:
             m.writerow([dicom_id, subject, study, "CHEST (PA AND LAT)", view, 24, 20])
@@ -91,7 +102,10 @@ def test_cli_pretraining_manifest(prepared):
     assert code == 0
     manifest = load_json(root / "out" / "manifests" / "pretrain.json")
     assert {s: sorted(it["id"] for it in manifest[s]) for s in SPLITS} == {
-        "training": ["d01", "d03"], "validation": ["d04", "d05"], "test": []}
+        "training": ["d01", "d03"],
+        "validation": ["d04", "d05"],
+        "test": [],
+    }
     items = {it["id"]: it for s in SPLITS for it in manifest[s]}
     assert items["d01"]["image"] == "../src/files/p10/p10000032/s50000001/d01.jpg"
     report = items["d01"]["report"]
@@ -107,10 +121,14 @@ def test_summary_counts(prepared):
     root, _ = prepared
     summary = load_json(root / "out" / "manifests" / "summary_mimic_cxr.json")
     reasons = {r: v["count"] for r, v in summary["skipped"]["reasons"].items()}
-    assert reasons == {"no FINDINGS or IMPRESSION section": 1, "report file missing": 1,
-                       "image listed but missing": 1, "no split assigned": 1,
-                       "split CSV and metadata disagree on subject/study": 1,
-                       "report too short (fewer than MIN_REPORT_TOKENS tokens)": 1}
+    assert reasons == {
+        "no FINDINGS or IMPRESSION section": 1,
+        "report file missing": 1,
+        "image listed but missing": 1,
+        "no split assigned": 1,
+        "split CSV and metadata disagree on subject/study": 1,
+        "report too short (fewer than MIN_REPORT_TOKENS tokens)": 1,
+    }
     assert summary["filtered"] == {"view LATERAL": 1, "view (blank)": 1}
     entry = summary["manifests"]["pretrain"]["splits"]["training"]
     assert entry == {"count": 2, "sha256": sha256_of_ids(["d01", "d03"])}
@@ -119,8 +137,19 @@ def test_summary_counts(prepared):
 
 def test_keep_test_and_separate_reports_folder(prepared, tmp_path):
     root, _ = prepared
-    assert run_script("mimic_cxr", "--src", str(root / "src"), "--reports", str(root / "src"), "--out",
-                      str(tmp_path), "--keep_test") == 0
+    assert (
+        run_script(
+            "mimic_cxr",
+            "--src",
+            str(root / "src"),
+            "--reports",
+            str(root / "src"),
+            "--out",
+            str(tmp_path),
+            "--keep_test",
+        )
+        == 0
+    )
     manifest = load_json(tmp_path / "manifests" / "pretrain.json")
     assert [sorted(it["id"] for it in manifest[s]) for s in SPLITS] == [["d01", "d03"], ["d04"], ["d05"]]
 

@@ -24,23 +24,36 @@ def test_parse_annotation_shapes():
     assert parse_annotation("") == []
 
 
-@pytest.mark.parametrize("bad, why", [
-    ("3 1 2 3 4", "unknown type"), ("2 1 2 3 4", "polygon"), ("0 1 2 3", "4 numbers"),
-    ("0 1 2 a 4", "non-numeric"), ("0 1 2 1 9", "zero-area"), ("0 1 2 5 6;;0 1 2 5 6", "empty shape"),
-])
+@pytest.mark.parametrize(
+    "bad, why",
+    [
+        ("3 1 2 3 4", "unknown type"),
+        ("2 1 2 3 4", "polygon"),
+        ("0 1 2 3", "4 numbers"),
+        ("0 1 2 a 4", "non-numeric"),
+        ("0 1 2 1 9", "zero-area"),
+        ("0 1 2 5 6;;0 1 2 5 6", "empty shape"),
+    ],
+)
 def test_malformed_annotations_raise(bad, why):
     with pytest.raises(AnnotationError, match=why):
         parse_annotation(bad)
 
 
 def build_object_cxr(src: Path) -> None:
-    train = [("00001.jpg", "2 10 12 30 8 25 40 5 20;1 40 5 60 25"), ("00002.jpg", "0 1 2 11 12"),
-             ("00003.jpg", "0 50 70 70 90")]                                   # reaches past 64 x 80: clipped
-    train += [(f"0001{k}.jpg", f"0 {k} {k} {k + 9} {k + 9}") for k in range(3)]   # 6 positives in all
-    train += [(f"0002{k}.jpg", "") for k in range(10)]                          # 10 negatives
-    train += [("00030.jpg", "3 1 2 3 4"), ("00031.jpg", "2 1 2 3 4"),           # malformed
-              ("00032.jpg", "0 1 1 5 5"),                                        # image missing
-              ("00033.jpg", "0 100 100 120 120")]                                # entirely outside
+    train = [
+        ("00001.jpg", "2 10 12 30 8 25 40 5 20;1 40 5 60 25"),
+        ("00002.jpg", "0 1 2 11 12"),
+        ("00003.jpg", "0 50 70 70 90"),
+    ]  # reaches past 64 x 80: clipped
+    train += [(f"0001{k}.jpg", f"0 {k} {k} {k + 9} {k + 9}") for k in range(3)]  # 6 positives in all
+    train += [(f"0002{k}.jpg", "") for k in range(10)]  # 10 negatives
+    train += [
+        ("00030.jpg", "3 1 2 3 4"),
+        ("00031.jpg", "2 1 2 3 4"),  # malformed
+        ("00032.jpg", "0 1 1 5 5"),  # image missing
+        ("00033.jpg", "0 100 100 120 120"),
+    ]  # entirely outside
     dev = [("08001.jpg", "0 3 4 13 14"), ("08002.jpg", ""), ("08003.jpg", "")]
     for name, rows in (("train", train), ("dev", dev)):
         (src / name).mkdir(parents=True)

@@ -39,7 +39,7 @@ def reference_decode(rle: str, height: int, width: int) -> np.ndarray:
         position = 0
         for start, length in zip(numbers[0::2], numbers[1::2]):
             position += start
-            flat[position:position + length] = 1
+            flat[position : position + length] = 1
             position += length
     return flat.reshape(width, height).T
 
@@ -78,10 +78,18 @@ def test_full_size_1024_round_trip_with_two_objects_united():
     assert union.sum() == 100 * 50 + 250 * 20 - 50 * 10
 
 
-@pytest.mark.parametrize("bad, why", [
-    ("5 3 7", "pairs"), ("1 x", "non-integer"), ("", "pairs"), ("1 0", "non-positive"), ("-2 3", "negative"),
-    ("0 30", "beyond"), ("10 5 6 5", "beyond"),
-])
+@pytest.mark.parametrize(
+    "bad, why",
+    [
+        ("5 3 7", "pairs"),
+        ("1 x", "non-integer"),
+        ("", "pairs"),
+        ("1 0", "non-positive"),
+        ("-2 3", "negative"),
+        ("0 30", "beyond"),
+        ("10 5 6 5", "beyond"),
+    ],
+)
 def test_malformed_strings_raise(bad, why):
     with pytest.raises(RLEError, match=why):
         rle_decode(bad, 4, 5)

@@ -11,18 +11,21 @@ from test_prepare_fixtures import load_json, read_png, run_script, sha256_of_ids
 
 pytest.importorskip("bundle.data.manifest")
 
-ROWS, COLS = 64, 48   # non-square, so an x/y swap shows
+ROWS, COLS = 64, 48  # non-square, so an x/y swap shows
 HEADER = ["patientId", "x", "y", "width", "height", "Target"]
 
 
 def build_rsna(src: Path) -> None:
-    rows = [["pos-two", 2, 3, 10, 5, 1], ["pos-two", 20.5, 30, 4, 10, 1]]   # one patient, two boxes
-    rows += [[f"pos-{k}", 1, 1, 5, 5, 1] for k in range(3)]                 # 3 more positives
-    rows += [[f"neg-{k}", "", "", "", "", 0] for k in range(6)]              # 6 negatives (empty box)
-    rows += [["missing-image", "", "", "", "", 0],                          # listed, no DICOM
-             ["bad-box", 5, 5, "", 7, 1],                                   # positive without a width
-             ["outside", 40, 10, 20, 5, 1],                                 # x2 = 60 > 48 columns
-             ["conflict", "", "", "", "", 0], ["conflict", 1, 1, 2, 2, 1]]   # Target 0 and 1
+    rows = [["pos-two", 2, 3, 10, 5, 1], ["pos-two", 20.5, 30, 4, 10, 1]]  # one patient, two boxes
+    rows += [[f"pos-{k}", 1, 1, 5, 5, 1] for k in range(3)]  # 3 more positives
+    rows += [[f"neg-{k}", "", "", "", "", 0] for k in range(6)]  # 6 negatives (empty box)
+    rows += [
+        ["missing-image", "", "", "", "", 0],  # listed, no DICOM
+        ["bad-box", 5, 5, "", 7, 1],  # positive without a width
+        ["outside", 40, 10, 20, 5, 1],  # x2 = 60 > 48 columns
+        ["conflict", "", "", "", "", 0],
+        ["conflict", 1, 1, 2, 2, 1],
+    ]  # Target 0 and 1
     src.mkdir(parents=True)
     with open(src / "stage_2_train_labels.csv", "w", newline="") as f:
         csv.writer(f).writerows([HEADER] + rows)
@@ -53,7 +56,7 @@ def test_split_counts_are_stratified_70_15_15_by_patient(prepared):
     negatives = {s: sum(it["label"] == [0.0] for it in manifest[s]) for s in ("training", "validation", "test")}
     assert positives == {"training": 3, "validation": 1, "test": 0}
     assert negatives == {"training": 4, "validation": 1, "test": 1}
-    for other in ("detection", "segmentation"):   # the same patients in the same splits in every manifest
+    for other in ("detection", "segmentation"):  # the same patients in the same splits in every manifest
         m = load_json(root / "out" / "manifests" / f"{other}.json")
         for s in ("training", "validation", "test"):
             assert {it["id"] for it in m[s]} == {it["id"] for it in manifest[s]}
@@ -61,8 +64,9 @@ def test_split_counts_are_stratified_70_15_15_by_patient(prepared):
 
 def test_boxes_labels_and_masks_are_exact(prepared):
     root, _ = prepared
-    manifests = {n: load_json(root / "out" / "manifests" / f"{n}.json") for n in ("classification", "detection",
-                                                                               "segmentation")}
+    manifests = {
+        n: load_json(root / "out" / "manifests" / f"{n}.json") for n in ("classification", "detection", "segmentation")
+    }
     item = {n: {it["id"]: it for s in ("training", "validation", "test") for it in m[s]} for n, m in manifests.items()}
     assert item["classification"]["pos-two"]["label"] == [1.0]
     assert item["classification"]["neg-0"]["label"] == [0.0]
@@ -71,8 +75,8 @@ def test_boxes_labels_and_masks_are_exact(prepared):
     assert item["detection"]["neg-0"]["box"] == [] and item["detection"]["neg-0"]["box_label"] == []
     assert item["detection"]["pos-two"]["image"] == "../src/stage_2_train_images/pos-two.dcm"
     expected = np.zeros((ROWS, COLS), np.uint8)
-    expected[3:8, 2:12] = 1       # x 2..12, y 3..8
-    expected[30:40, 20:25] = 1    # x 20.5..24.5 covers columns 20..24
+    expected[3:8, 2:12] = 1  # x 2..12, y 3..8
+    expected[30:40, 20:25] = 1  # x 20.5..24.5 covers columns 20..24
     mask = read_png(root / "out" / item["segmentation"]["pos-two"]["label"])
     np.testing.assert_array_equal(mask, expected)
     assert not read_png(root / "out" / item["segmentation"]["neg-3"]["label"]).any()
@@ -83,8 +87,12 @@ def test_summary_counts_skips_and_checksums(prepared):
     root, _ = prepared
     summary = load_json(root / "out" / "manifests" / "summary_rsna.json")
     reasons = {r: v["count"] for r, v in summary["skipped"]["reasons"].items()}
-    assert reasons == {"image listed but missing": 1, "malformed box": 1, "box outside the image": 1,
-                       "conflicting Target values": 1}
+    assert reasons == {
+        "image listed but missing": 1,
+        "malformed box": 1,
+        "box outside the image": 1,
+        "conflicting Target values": 1,
+    }
     assert summary["notes"] == {"boxes": 5, "dicoms_without_label_rows": 1}
     manifest = load_json(root / "out" / "manifests" / "detection.json")
     for split in ("training", "validation", "test"):
@@ -92,13 +100,16 @@ def test_summary_counts_skips_and_checksums(prepared):
         assert entry["count"] == len(manifest[split])
         assert entry["sha256"] == sha256_of_ids(it["id"] for it in manifest[split])
     assert summary["manifests"]["detection"]["splits"]["training"]["classes"]["box"] == sum(
-        len(it["box"]) for it in manifest["training"])
+        len(it["box"]) for it in manifest["training"]
+    )
 
 
 def test_fractions_are_nested_and_identical_across_manifests(prepared):
     root, _ = prepared
-    fractions = [load_json(root / "out" / "manifests" / f"{n}.json")["meta"]["fractions"]
-                 for n in ("classification", "detection", "segmentation")]
+    fractions = [
+        load_json(root / "out" / "manifests" / f"{n}.json")["meta"]["fractions"]
+        for n in ("classification", "detection", "segmentation")
+    ]
     assert fractions[0] == fractions[1] == fractions[2]
     small, medium, full = (set(fractions[0][k]) for k in ("0.01", "0.1", "1.0"))
     assert small <= medium <= full and len(full) == 7
@@ -118,7 +129,7 @@ def test_manifests_load_through_the_bundle_loader(prepared):
     subset = load_fraction(str(path), 0.01)
     assert [it["id"] for it in subset] == load_json(path)["meta"]["fractions"]["0.01"]
     assert Path(subset[0]["image"]).is_absolute() and Path(subset[0]["label"]).is_file()
-    image = load_radiograph(items[0]["image"])   # the bundle reads the original DICOM the manifest points at
+    image = load_radiograph(items[0]["image"])  # the bundle reads the original DICOM the manifest points at
     assert image.shape == (ROWS, COLS)
 
 

@@ -12,7 +12,7 @@ from test_prepare_rle import reference_encode
 
 pytest.importorskip("bundle.data.manifest")
 
-H, W = 40, 24   # non-square: the column-major RLE would come out transposed if x and y were swapped
+H, W = 40, 24  # non-square: the column-major RLE would come out transposed if x and y were swapped
 SPLITS = ("training", "validation", "test")
 
 
@@ -21,16 +21,16 @@ def object_masks() -> dict[str, list[np.ndarray]]:
     a[5:9, 2:6] = 1
     b = np.zeros((H, W), np.uint8)
     b[20:35, 18:20] = 1
-    masks = {"1.2.pos.two": [a, b]}   # one image, two objects -> two CSV rows, united
+    masks = {"1.2.pos.two": [a, b]}  # one image, two objects -> two CSV rows, united
     for k in range(4):
         m = np.zeros((H, W), np.uint8)
-        m[k:k + 3, 10:12 + k] = 1
+        m[k : k + 3, 10 : 12 + k] = 1
         masks[f"1.2.pos.{k}"] = [m]
     return masks
 
 
 def build_siim(src: Path) -> dict[str, np.ndarray]:
-    rows = ["ImageId, EncodedPixels"]   # the real header has a space before EncodedPixels
+    rows = ["ImageId, EncodedPixels"]  # the real header has a space before EncodedPixels
     expected = {}
     for image_id, objects in object_masks().items():
         rows += [f"{image_id}, {reference_encode(m)}" for m in objects]
@@ -38,14 +38,14 @@ def build_siim(src: Path) -> dict[str, np.ndarray]:
     for k in range(7):
         rows.append(f"1.2.neg.{k}, -1")
         expected[f"1.2.neg.{k}"] = np.zeros((H, W), np.uint8)
-    rows += ["1.2.bad.odd, 5 3 7", "1.2.bad.beyond, 950 20", "1.2.missing, -1",
-             "1.2.mixed, -1", "1.2.mixed, 1 2"]
+    rows += ["1.2.bad.odd, 5 3 7", "1.2.bad.beyond, 950 20", "1.2.missing, -1", "1.2.mixed, -1", "1.2.mixed, 1 2"]
     src.mkdir(parents=True)
     (src / "train-rle.csv").write_text("\n".join(rows) + "\n")
     ids = set(expected) | {"1.2.bad.odd", "1.2.bad.beyond", "1.2.mixed", "1.2.unlisted"}
     for n, image_id in enumerate(sorted(ids)):
-        write_dicom(src / "dicom-images-train" / f"study{n}" / f"series{n}" / f"{image_id}.dcm",
-                    np.full((H, W), 60, np.uint8))
+        write_dicom(
+            src / "dicom-images-train" / f"study{n}" / f"series{n}" / f"{image_id}.dcm", np.full((H, W), 60, np.uint8)
+        )
     return expected
 
 
@@ -81,7 +81,7 @@ def test_split_is_by_image_stratified_and_training_is_balanced(prepared):
     assert positive == {"training": 3, "validation": 1, "test": 1}
     assert negative == {"training": 3, "validation": 1, "test": 1}
     ids = [it["id"] for s in SPLITS for it in manifest[s]]
-    assert len(ids) == len(set(ids))   # each image (not each CSV row) in exactly one split
+    assert len(ids) == len(set(ids))  # each image (not each CSV row) in exactly one split
     summary = load_json(root / "out" / "manifests" / "summary_siim.json")
     assert summary["filtered"] == {"training negatives left out by balancing": 2}
 
@@ -94,7 +94,8 @@ def test_skips_are_counted_by_reason(prepared):
     assert summary["notes"]["dicoms_without_rle_rows"] == 1
     manifest = load_json(root / "out" / "manifests" / "segmentation.json")
     assert summary["manifests"]["segmentation"]["splits"]["test"]["sha256"] == sha256_of_ids(
-        it["id"] for it in manifest["test"])
+        it["id"] for it in manifest["test"]
+    )
     fractions = manifest["meta"]["fractions"]
     assert set(fractions["0.01"]) <= set(fractions["0.1"]) <= set(fractions["1.0"])
     assert set(fractions["1.0"]) == {it["id"] for it in manifest["training"]}

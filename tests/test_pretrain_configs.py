@@ -46,8 +46,9 @@ def tensorboard_tags(log_dir) -> set[str]:
 
 
 def workflow(config_files, workflow_type="train", **overrides) -> ConfigWorkflow:
-    return ConfigWorkflow(config_file=config_files, meta_file=META, logging_file=LOGGING,
-                          workflow_type=workflow_type, **overrides)
+    return ConfigWorkflow(
+        config_file=config_files, meta_file=META, logging_file=LOGGING, workflow_type=workflow_type, **overrides
+    )
 
 
 def _yaml(name):
@@ -76,7 +77,8 @@ def test_network_def_lists_every_cmcgns_switch_with_its_default():
         else:
             value = network_def[name]
             assert (list(value) if isinstance(value, (list, tuple)) else value) == (
-                list(default) if isinstance(default, tuple) else default), name
+                list(default) if isinstance(default, tuple) else default
+            ), name
 
 
 @pytest.mark.slow
@@ -110,12 +112,30 @@ def test_pretrain_then_evaluate_config_workflows(tmp_path, tiny_dataset, tiny_te
     assert [r["epoch"] for r in val_records] == [1, 2]
     assert all(0 <= r["val_i2t_top1"] <= 1 and r["val_chance_top1"] == pytest.approx(0.25) for r in val_records)
     assert tensorboard_tags(tmp_path / "runs") >= {
-        "loss", "loss_img", "loss_report", "loss_global", "loss_recon", "loss_recon_masked", "bml", "acc_i2t_top1",
-        "acc_i2t_top5", "acc_t2i_top1", "acc_t2i_top5", "lr", "logit_scale", "kmeans_initialized", "centroid_usage",
-        "val_loss", "val_i2t_top1", "val_i2t_top5", "val_t2i_top1", "val_t2i_top5", "val_chance_top1"}
+        "loss",
+        "loss_img",
+        "loss_report",
+        "loss_global",
+        "loss_recon",
+        "loss_recon_masked",
+        "bml",
+        "acc_i2t_top1",
+        "acc_i2t_top5",
+        "acc_t2i_top1",
+        "acc_t2i_top5",
+        "lr",
+        "logit_scale",
+        "kmeans_initialized",
+        "centroid_usage",
+        "val_loss",
+        "val_i2t_top1",
+        "val_i2t_top5",
+        "val_t2i_top1",
+        "val_t2i_top5",
+        "val_chance_top1",
+    }
 
-    evaluator = workflow([PRETRAIN, EVALUATE], workflow_type="eval", **overrides,
-                         eval_dir=str(tmp_path / "eval"))
+    evaluator = workflow([PRETRAIN, EVALUATE], workflow_type="eval", **overrides, eval_dir=str(tmp_path / "eval"))
     evaluator.initialize()
     assert evaluator.check_properties() == []
     evaluator.run()
@@ -138,8 +158,9 @@ def test_text_model_dir_without_tokenizer_is_a_clear_error(tmp_path):
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, tiny_text_model):  # noqa: F811
-    trainer = workflow(PRETRAIN, text_model_dir=str(tiny_text_model), ckpt_dir=str(tmp_path), resume=True,
-                       max_length=24)  # the tiny model has 64 positions
+    trainer = workflow(
+        PRETRAIN, text_model_dir=str(tiny_text_model), ckpt_dir=str(tmp_path), resume=True, max_length=24
+    )  # the tiny model has 64 positions
     raised_by_config(ResumeCheckpointError, "no checkpoint", trainer.initialize)
 
 

@@ -19,12 +19,33 @@ def _write_history(path, resumed_duplicate=True):
     lines = []
     for it in range(1, 13):
         stage = 1 if it <= 6 else 2
-        lines.append({"kind": "train", "iteration": it, "epoch": (it - 1) // 3 + 1, "stage": stage,
-                      "loss": 10.0 - it * 0.3, "loss_img": -0.1, "loss_report": 5.0, "loss_global": 3.0,
-                      "loss_recon": 0.0 if stage == 1 else 2.0, "lr": 1e-4})
+        lines.append(
+            {
+                "kind": "train",
+                "iteration": it,
+                "epoch": (it - 1) // 3 + 1,
+                "stage": stage,
+                "loss": 10.0 - it * 0.3,
+                "loss_img": -0.1,
+                "loss_report": 5.0,
+                "loss_global": 3.0,
+                "loss_recon": 0.0 if stage == 1 else 2.0,
+                "lr": 1e-4,
+            }
+        )
         if it % 3 == 0:
-            lines.append({"kind": "val", "iteration": it, "epoch": it // 3, "stage": stage, "val_loss": 9.0 - it * 0.2,
-                          "val_i2t_top1": 0.1 * it / 3, "val_t2i_top1": 0.05 * it / 3, "val_chance_top1": 0.125})
+            lines.append(
+                {
+                    "kind": "val",
+                    "iteration": it,
+                    "epoch": it // 3,
+                    "stage": stage,
+                    "val_loss": 9.0 - it * 0.2,
+                    "val_i2t_top1": 0.1 * it / 3,
+                    "val_t2i_top1": 0.05 * it / 3,
+                    "val_chance_top1": 0.125,
+                }
+            )
     if resumed_duplicate:  # a resumed run repeats iteration 4 with a different value: the later record wins
         lines.append({"kind": "train", "iteration": 4, "epoch": 2, "stage": 1, "loss": 123.0})
     path.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
@@ -32,7 +53,7 @@ def _write_history(path, resumed_duplicate=True):
 
 def test_moving_average_matches_a_loop():
     values = np.array([3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0])
-    expected = [np.mean(values[max(0, i - 2): i + 1]) for i in range(len(values))]
+    expected = [np.mean(values[max(0, i - 2) : i + 1]) for i in range(len(values))]
     assert np.allclose(moving_average(values, 3), expected)
 
 
@@ -109,10 +130,16 @@ def test_traceback_filter_folds_tracebacks_and_finds_the_bundle_error():
 
     shown = TracebackFilter()
     visible = [text for line in CHAINED.splitlines() for text in shown.feed(line)]
-    assert visible == ["  FileNotFoundError: [Errno 2] No such file or directory: '/d/manifests/pretrain.json'", "", "",
-                       "  bundle.data.manifest.ManifestError: manifest not found: /d/manifests/pretrain.json", "", "",
-                       "  RuntimeError: Failed to evaluate ConfigExpression: ",
-                       "2026-12-01 10:00:00,000 - INFO - a log line after it"]
+    assert visible == [
+        "  FileNotFoundError: [Errno 2] No such file or directory: '/d/manifests/pretrain.json'",
+        "",
+        "",
+        "  bundle.data.manifest.ManifestError: manifest not found: /d/manifests/pretrain.json",
+        "",
+        "",
+        "  RuntimeError: Failed to evaluate ConfigExpression: ",
+        "2026-12-01 10:00:00,000 - INFO - a log line after it",
+    ]
     assert len(shown.lines) == len(CHAINED.splitlines())
     assert bundle_error(shown.lines) == "ManifestError: manifest not found: /d/manifests/pretrain.json"
 
@@ -120,9 +147,22 @@ def test_traceback_filter_folds_tracebacks_and_finds_the_bundle_error():
 @pytest.mark.slow
 def test_run_demo_prints_the_bundle_error_last_and_keeps_the_traceback_in_a_file(tmp_path, capsys):
     run_demo = _load_run_demo()
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/pretrain.yaml", "--meta_file",
-           "metadata.json", "--dataset_dir", str(tmp_path / "no_data"), "--ckpt_dir", str(tmp_path / "models"),
-           "--output_dir", str(tmp_path / "runs")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        "configs/pretrain.yaml",
+        "--meta_file",
+        "metadata.json",
+        "--dataset_dir",
+        str(tmp_path / "no_data"),
+        "--ckpt_dir",
+        str(tmp_path / "models"),
+        "--output_dir",
+        str(tmp_path / "runs"),
+    ]
     code, message = run_demo.run_bundle(cmd, log_path=str(tmp_path / "runs" / "error.log"))
     out = capsys.readouterr().out
     assert code != 0

@@ -18,8 +18,28 @@ import yaml
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-WORDS = ("heart", "size", "normal", "lungs", "clear", "no", "effusion", "mild", "opacity", "left", "right", "base",
-         "stable", "small", "nodule", "upper", "lobe", "pleural", "thickening", "seen")
+WORDS = (
+    "heart",
+    "size",
+    "normal",
+    "lungs",
+    "clear",
+    "no",
+    "effusion",
+    "mild",
+    "opacity",
+    "left",
+    "right",
+    "base",
+    "stable",
+    "small",
+    "nodule",
+    "upper",
+    "lobe",
+    "pleural",
+    "thickening",
+    "seen",
+)
 
 
 def minilm_dir() -> str:
@@ -36,8 +56,14 @@ def make_tiny_text_model(path: Path) -> Path:
 
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(minilm_dir(), local_files_only=True)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     BertModel(config).save_pretrained(str(path))
     tokenizer.save_pretrained(str(path))
     shutil.copy(os.path.join(minilm_dir(), "vocab.txt"), path / "vocab.txt")
@@ -64,8 +90,9 @@ def make_tiny_pretrain_dataset(root: Path, n_train: int = 12, n_val: int = 4, se
             Image.fromarray(pixels, mode="L").save(root / "images" / f"{sid}.png")
             splits[split].append({"image": f"images/{sid}.png", "report": _report(rng), "id": sid})
     (root / "manifests").mkdir(exist_ok=True)
-    manifest = dict(splits, meta={"source": "tests/test_pretrain_fixtures.py (random pixels, random sentences)",
-                                  "seed": seed})
+    manifest = dict(
+        splits, meta={"source": "tests/test_pretrain_fixtures.py (random pixels, random sentences)", "seed": seed}
+    )
     (root / "manifests" / "pretrain.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
     return root
 
@@ -87,8 +114,10 @@ def tiny_overrides(dataset_dir: Path, text_model_dir: Path, run_dir: Path) -> di
         "stage1_epochs": 1,
         "stage2_epochs": 1,
         "log_every": 1,
-        "optim": {"stage1": {"lr": 1e-3, "weight_decay": 1e-6, "warmup_epochs": 0.5, "warmup_start_lr": 1e-5},
-                  "stage2": {"lr": 5e-4, "weight_decay": 1e-6, "warmup_epochs": 0.5, "warmup_start_lr": 1e-5}},
+        "optim": {
+            "stage1": {"lr": 1e-3, "weight_decay": 1e-6, "warmup_epochs": 0.5, "warmup_start_lr": 1e-5},
+            "stage2": {"lr": 5e-4, "weight_decay": 1e-6, "warmup_epochs": 0.5, "warmup_start_lr": 1e-5},
+        },
         # a one-layer ViT keeps each step in milliseconds; the ResNet path is the demo's (and the model tests')
         "network_def#image_encoder": "vit_b16",
         "network_def#vit_patch_size": 8,

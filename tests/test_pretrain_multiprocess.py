@@ -15,8 +15,10 @@ from test_pretrain_fixtures import ROOT, tiny_dataset, tiny_overrides, tiny_text
 from bundle.engines.progress import read_history
 
 # each rank saves its own final state so the test can compare them (test-only finalize step)
-SAVE_EACH_RANK = ("$torch.save({k: v.detach().cpu() for k, v in engine_dist.unwrap_model(@network).state_dict().items()}"
-                  ", @ckpt_dir + '/rank' + str(engine_dist.get_rank()) + '.pt')")
+SAVE_EACH_RANK = (
+    "$torch.save({k: v.detach().cpu() for k, v in engine_dist.unwrap_model(@network).state_dict().items()}"
+    ", @ckpt_dir + '/rank' + str(engine_dist.get_rank()) + '.pt')"
+)
 
 
 @pytest.mark.slow
@@ -25,16 +27,37 @@ def test_two_gloo_processes_stay_synchronised(tmp_path, tiny_dataset, tiny_text_
     # 12 training items: 6 per rank, batch 2 per rank -> 3 iterations per epoch, a global batch of 4
     # DDP would copy rank 0's buffers at every forward and hide unsynchronised centroids; the tiny ViT has no
     # BatchNorm, so without that copy equal centroids can only come from the model's own synchronisation
-    overrides.update({"batch_size": 2, "val_batch_size": 2, "network#broadcast_buffers": False,
-                      "finalize": [SAVE_EACH_RANK, "$engine_dist.destroy_distributed()"]})
+    overrides.update(
+        {
+            "batch_size": 2,
+            "val_batch_size": 2,
+            "network#broadcast_buffers": False,
+            "finalize": [SAVE_EACH_RANK, "$engine_dist.destroy_distributed()"],
+        }
+    )
     override_file = write_override_file(tmp_path / "tiny.yaml", overrides)
-    configs = json.dumps([str(ROOT / "configs" / "pretrain.yaml"), str(ROOT / "configs" / "multi_gpu_pretrain.yaml"),
-                          str(override_file)])
+    configs = json.dumps(
+        [str(ROOT / "configs" / "pretrain.yaml"), str(ROOT / "configs" / "multi_gpu_pretrain.yaml"), str(override_file)]
+    )
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
-           "-m", "monai.bundle", "run", "--config_file", configs, "--meta_file", str(ROOT / "metadata.json"),
-           "--logging_file", str(ROOT / "configs" / "logging.conf")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes=1",
+        "--nproc_per_node=2",
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        configs,
+        "--meta_file",
+        str(ROOT / "metadata.json"),
+        "--logging_file",
+        str(ROOT / "configs" / "logging.conf"),
+    ]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 

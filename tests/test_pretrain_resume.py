@@ -19,10 +19,10 @@ class SimulatedKill(RuntimeError):
 
 
 def run_pretraining(overrides: dict, kill_event=None) -> dict:
-    wf = ConfigWorkflow(config_file=PRETRAIN, meta_file=str(ROOT / "metadata.json"), workflow_type="train",
-                        **overrides)
+    wf = ConfigWorkflow(config_file=PRETRAIN, meta_file=str(ROOT / "metadata.json"), workflow_type="train", **overrides)
     wf.initialize()
     if kill_event is not None:
+
         def kill(engine):
             raise SimulatedKill(f"killed after iteration {engine.state.iteration}")
 
@@ -35,8 +35,11 @@ def run_pretraining(overrides: dict, kill_event=None) -> dict:
             raise
     network = wf.parser.get_parsed_content("network")
     optimizer = wf.parser.get_parsed_content("optimizer")
-    result = {"model": {k: v.detach().clone() for k, v in network.state_dict().items()},
-              "optimizer": optimizer.state_dict(), "iteration": wf.trainer.state.iteration}
+    result = {
+        "model": {k: v.detach().clone() for k, v in network.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "iteration": wf.trainer.state.iteration,
+    }
     wf.finalize()
     return result
 
@@ -50,18 +53,27 @@ def assert_same_optimizer_state(a: dict, b: dict) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_event,killed_at", [(Events.EPOCH_COMPLETED(once=1), 3),
-                                                  (Events.ITERATION_COMPLETED(once=5), 5)],
-                         ids=["after-stage-1-so-the-switch-happens-on-resume", "inside-the-first-stage-2-epoch"])
-def test_killed_and_resumed_run_matches_uninterrupted_run(tmp_path, tiny_dataset, tiny_text_model,  # noqa: F811
-                                                          kill_event, killed_at):
+@pytest.mark.parametrize(
+    "kill_event,killed_at",
+    [(Events.EPOCH_COMPLETED(once=1), 3), (Events.ITERATION_COMPLETED(once=5), 5)],
+    ids=["after-stage-1-so-the-switch-happens-on-resume", "inside-the-first-stage-2-epoch"],
+)
+def test_killed_and_resumed_run_matches_uninterrupted_run(
+    tmp_path,
+    tiny_dataset,
+    tiny_text_model,  # noqa: F811
+    kill_event,
+    killed_at,
+):
     common = {"stage1_epochs": 1, "stage2_epochs": 2, "deterministic": True, "save_every_n_iterations": 1}
     full = run_pretraining({**tiny_overrides(tiny_dataset, tiny_text_model, tmp_path / "full"), **common})
     assert full["iteration"] == 9
     interrupted = {**tiny_overrides(tiny_dataset, tiny_text_model, tmp_path / "killed"), **common}
     killed = run_pretraining(interrupted, kill_event=kill_event)
     assert killed["iteration"] == killed_at
-    assert torch.load(tmp_path / "killed" / "models" / "last.pt", weights_only=True)["trainer"]["iteration"] == killed_at
+    assert (
+        torch.load(tmp_path / "killed" / "models" / "last.pt", weights_only=True)["trainer"]["iteration"] == killed_at
+    )
     resumed = run_pretraining({**interrupted, "resume": True})
     assert resumed["iteration"] == 9
 

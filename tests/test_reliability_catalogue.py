@@ -73,8 +73,19 @@ def pretrain_items(n: int, report: str = "Heart size is normal. Lungs are clear.
 
 
 # ----------------------------------------------------------------------------------------------- 1. boolean ids
-@pytest.mark.parametrize("text,expected", [("true", True), ("False", False), ("1", True), ("0", False),
-                                           ("yes", True), ("NO", False), (True, True), (0, False)])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("true", True),
+        ("False", False),
+        ("1", True),
+        ("0", False),
+        ("yes", True),
+        ("NO", False),
+        (True, True),
+        (0, False),
+    ],
+)
 def test_boolean_words_parse(text, expected):
     assert as_bool(text, "resume") is expected
 
@@ -103,11 +114,13 @@ def test_cmcgns_switches_go_through_bool_arguments():
 
 def test_resume_false_on_the_command_line_disables_the_resume_loader(tmp_path):
     # `--resume false` reaches the config as the string "false"
-    wf = ConfigWorkflow(config_file=PRETRAIN, meta_file=META, workflow_type="train", resume="false",
-                        ckpt_dir=str(tmp_path))
+    wf = ConfigWorkflow(
+        config_file=PRETRAIN, meta_file=META, workflow_type="train", resume="false", ckpt_dir=str(tmp_path)
+    )
     assert wf.parser.get_parsed_content("train#handlers#0#_disabled_") is True
-    wf = ConfigWorkflow(config_file=PRETRAIN, meta_file=META, workflow_type="train", resume="true",
-                        ckpt_dir=str(tmp_path))
+    wf = ConfigWorkflow(
+        config_file=PRETRAIN, meta_file=META, workflow_type="train", resume="true", ckpt_dir=str(tmp_path)
+    )
     assert wf.parser.get_parsed_content("train#handlers#0#_disabled_") is False
 
 
@@ -131,7 +144,7 @@ def test_every_boolean_id_of_the_configs_is_read_through_as_bool():
                 start = i + 1
                 if text[i + len(flag)] in "_#":  # @resume_checkpoint, @amp_dtype
                     continue
-                uses.append((name, flag, text[max(0, i - 8):i] == "as_bool("))
+                uses.append((name, flag, text[max(0, i - 8) : i] == "as_bool("))
     assert len(uses) >= 10 and all(wrapped for *_, wrapped in uses), [u for u in uses if not u[2]]
 
 
@@ -214,8 +227,13 @@ def test_a_nan_validation_is_never_the_best_checkpoint(tmp_path):
 
 def test_the_classification_saver_writes_atomically_under_its_fixed_name(tmp_path):
     model = torch.nn.Linear(2, 1)
-    saver = AtomicCheckpointSaver(str(tmp_path), {"model": model}, save_key_metric=True,
-                                  key_metric_name="val_auroc", key_metric_filename="model.pt")
+    saver = AtomicCheckpointSaver(
+        str(tmp_path),
+        {"model": model},
+        save_key_metric=True,
+        key_metric_name="val_auroc",
+        key_metric_filename="model.pt",
+    )
     engine = Engine(lambda e, b: None)
     for epoch, auroc in ((1, 0.6), (2, float("nan")), (3, 0.7)):
         engine.state.metrics, engine.state.epoch = {"val_auroc": auroc}, epoch
@@ -231,21 +249,24 @@ def _resume_engine(epoch_length: int) -> Engine:
 
 
 def test_resume_with_another_batch_size_is_refused(tmp_path):
-    saver = ResumeCheckpointSaver(str(tmp_path), {"model": torch.nn.Linear(1, 1),
-                                                  "run_settings": RunSettings(batch_size=4, world_size=1)})
+    saver = ResumeCheckpointSaver(
+        str(tmp_path), {"model": torch.nn.Linear(1, 1), "run_settings": RunSettings(batch_size=4, world_size=1)}
+    )
     writer = _resume_engine(3)
     saver.attach(writer)
     writer.state.iteration, writer.state.epoch = 3, 1
     saver.save(writer)
     # 12 items at batch 6: 2 iterations per epoch instead of 3
-    loader = ResumeCheckpointLoader(saver.path, {"model": torch.nn.Linear(1, 1),
-                                                 "run_settings": RunSettings(batch_size=6, world_size=1)})
+    loader = ResumeCheckpointLoader(
+        saver.path, {"model": torch.nn.Linear(1, 1), "run_settings": RunSettings(batch_size=6, world_size=1)}
+    )
     loader.attach(_resume_engine(2))
     with pytest.raises(ResumeCheckpointError, match="written with 3 iterations per epoch, this run has 2"):
         loader(loader.load_dict["trainer"])
     # same epoch length, other batch size (e.g. 11 items at batch 4 or 5): the stored settings catch it
-    loader = ResumeCheckpointLoader(saver.path, {"model": torch.nn.Linear(1, 1),
-                                                 "run_settings": RunSettings(batch_size=5, world_size=1)})
+    loader = ResumeCheckpointLoader(
+        saver.path, {"model": torch.nn.Linear(1, 1), "run_settings": RunSettings(batch_size=5, world_size=1)}
+    )
     loader.attach(_resume_engine(3))
     with pytest.raises(ResumeCheckpointError, match="batch_size: 4 in the checkpoint, 5 now"):
         loader(loader.load_dict["trainer"])
@@ -273,15 +294,23 @@ def _manifest(tmp_path: Path, splits: dict, meta: dict | None = None) -> Path:
 
 
 def test_the_same_id_in_training_and_test_is_refused(tmp_path):
-    path = _manifest(tmp_path, {"training": [{"id": "a", "image": "i/a.png"}], "validation": [],
-                                "test": [{"id": "a", "image": "i/a2.png"}]})
+    path = _manifest(
+        tmp_path,
+        {"training": [{"id": "a", "image": "i/a.png"}], "validation": [], "test": [{"id": "a", "image": "i/a2.png"}]},
+    )
     with pytest.raises(ManifestError, match="id a in training and test"):
         load_manifest(path, "training")
 
 
 def test_the_same_image_in_training_and_validation_is_refused(tmp_path):
-    path = _manifest(tmp_path, {"training": [{"id": "a", "image": "i/a.png"}],
-                                "validation": [{"id": "b", "image": "i/../i/a.png"}], "test": []})
+    path = _manifest(
+        tmp_path,
+        {
+            "training": [{"id": "a", "image": "i/a.png"}],
+            "validation": [{"id": "b", "image": "i/../i/a.png"}],
+            "test": [],
+        },
+    )
     with pytest.raises(ManifestError, match=r"image .*i/a.png in training \(id a\) and validation \(id b\)"):
         load_manifest(path, "validation")
 
@@ -297,8 +326,11 @@ def test_split_overlap_allowed_explicitly_in_the_manifest_or_by_argument(tmp_pat
 # ----------------------------------------------------------------------------------------------- 4. class order
 def test_a_checkpoint_with_another_class_order_is_refused():
     meta = DownstreamCheckpointMeta("multilabel", ["b", "a", "c"])
-    with pytest.raises(CheckpointMismatchError, match=r"classes \['a', 'b', 'c'\]; the manifest has the same "
-                                                      r"classes in another order: \['b', 'a', 'c'\]"):
+    with pytest.raises(
+        CheckpointMismatchError,
+        match=r"classes \['a', 'b', 'c'\]; the manifest has the same "
+        r"classes in another order: \['b', 'a', 'c'\]",
+    ):
         meta.check({"task": "multilabel", "class_names": ["a", "b", "c"]}, "model.pt")
     with pytest.raises(CheckpointMismatchError, match="trained for task 'multiclass', this run is 'multilabel'"):
         meta.check({"task": "multiclass", "class_names": ["b", "a", "c"]}, "model.pt")
@@ -309,8 +341,13 @@ def test_evaluating_on_a_manifest_with_reordered_classes_fails(tmp_path):
     data = tmp_path / "data"
     manifest = write_tiny_classification_dataset(data, "multilabel", 3)
     out = tmp_path / "run"
-    train = ConfigWorkflow(config_file=CONFIGS, meta_file=META, logging_file=LOGGING, workflow_type="train",
-                           **classification_overrides(data, out, max_epochs=1))
+    train = ConfigWorkflow(
+        config_file=CONFIGS,
+        meta_file=META,
+        logging_file=LOGGING,
+        workflow_type="train",
+        **classification_overrides(data, out, max_epochs=1),
+    )
     train.initialize()
     train.run()
     saved = torch.load(out / "model.pt", weights_only=True)
@@ -318,26 +355,32 @@ def test_evaluating_on_a_manifest_with_reordered_classes_fails(tmp_path):
     content = json.loads(manifest.read_text())
     content["meta"]["class_names"] = ["finding_1", "finding_0", "finding_2"]
     manifest.write_text(json.dumps(content))
-    evaluate = ConfigWorkflow(config_file=CONFIGS + [str(ROOT / "configs" / "evaluate_classification.yaml")],
-                              meta_file=META, logging_file=LOGGING, workflow_type="infer",
-                              **classification_overrides(data, out, eval_dir=str(tmp_path / "eval")))
+    evaluate = ConfigWorkflow(
+        config_file=CONFIGS + [str(ROOT / "configs" / "evaluate_classification.yaml")],
+        meta_file=META,
+        logging_file=LOGGING,
+        workflow_type="infer",
+        **classification_overrides(data, out, eval_dir=str(tmp_path / "eval")),
+    )
     evaluate.initialize()
     raises_from_config(CheckpointMismatchError, "same classes in another order", evaluate.run)
     assert not (tmp_path / "eval" / "metrics.csv").exists()
 
 
 # ----------------------------------------------------------------------------------------------- 6. labels
-@pytest.mark.parametrize("task,num_classes,label,reason", [
-    ("multilabel", 3, [1.0, -1.0, 0.0], "entries other than 0 and 1 ([-1.0])"),
-    ("multilabel", 3, [1.0, float("nan"), 0.0], "entries other than 0 and 1"),
-    ("multilabel", 3, [1.0, 0.0], "has 2 entries, the manifest has 3 classes"),
-    ("binary", 1, [2.0], "entries other than 0 and 1 ([2.0])"),
-    ("multiclass", 3, 3, "outside the class indices 0..2"),
-    ("multiclass", 3, 1.5, "not an integer class index"),
-])
+@pytest.mark.parametrize(
+    "task,num_classes,label,reason",
+    [
+        ("multilabel", 3, [1.0, -1.0, 0.0], "entries other than 0 and 1 ([-1.0])"),
+        ("multilabel", 3, [1.0, float("nan"), 0.0], "entries other than 0 and 1"),
+        ("multilabel", 3, [1.0, 0.0], "has 2 entries, the manifest has 3 classes"),
+        ("binary", 1, [2.0], "entries other than 0 and 1 ([2.0])"),
+        ("multiclass", 3, 3, "outside the class indices 0..2"),
+        ("multiclass", 3, 1.5, "not an integer class index"),
+    ],
+)
 def test_invalid_labels_are_refused_when_the_manifest_is_loaded(task, num_classes, label, reason):
-    items = [{"id": "ok", "label": [0.0] * num_classes if task != "multiclass" else 0},
-             {"id": "bad7", "label": label}]
+    items = [{"id": "ok", "label": [0.0] * num_classes if task != "multiclass" else 0}, {"id": "bad7", "label": label}]
     with pytest.raises(ManifestError) as info:
         check_classification_labels(items, task, num_classes, "m.json", "test")
     assert "m.json: 1 item(s) of 'test' have invalid" in str(info.value)
@@ -350,10 +393,14 @@ def test_a_minus_one_in_the_test_split_fails_the_workflow_before_training(tmp_pa
     content = json.loads(manifest.read_text())
     content["test"][2]["label"] = [1.0, -1.0, 0.0]
     manifest.write_text(json.dumps(content))
-    wf = ConfigWorkflow(config_file=CONFIGS, meta_file=META, workflow_type="train",
-                        **classification_overrides(data, tmp_path / "run"))
-    raises_from_config(ManifestError, f"{content['test'][2]['id']}: label [1.0, -1.0, 0.0] has entries other than 0",
-                       lambda: wf.parser.get_parsed_content("test#datalist"))
+    wf = ConfigWorkflow(
+        config_file=CONFIGS, meta_file=META, workflow_type="train", **classification_overrides(data, tmp_path / "run")
+    )
+    raises_from_config(
+        ManifestError,
+        f"{content['test'][2]['id']}: label [1.0, -1.0, 0.0] has entries other than 0",
+        lambda: wf.parser.get_parsed_content("test#datalist"),
+    )
 
 
 def test_classification_meta_without_class_names_is_a_clear_error():
@@ -372,8 +419,9 @@ def test_an_empty_training_split_is_refused():
 
 @pytest.mark.parametrize("n,batch,world,per_rank", [(12, 13, 1, 12), (12, 7, 2, 6)])
 def test_a_batch_larger_than_the_split_is_refused(n, batch, world, per_rank):
-    with pytest.raises(PreflightError, match=f"has {n} items, {per_rank} per process on {world} process.*"
-                                             f"batch_size={batch}"):
+    with pytest.raises(
+        PreflightError, match=f"has {n} items, {per_rank} per process on {world} process.*batch_size={batch}"
+    ):
         check_pretrain_run(pretrain_items(n), [], batch_size=batch, world_size=world, manifest="m.json")
     assert check_pretrain_run(pretrain_items(n), [], batch_size=per_rank, world_size=world) == 1
 
@@ -417,8 +465,9 @@ def test_a_tokenizer_whose_vocabulary_did_not_load_is_refused(tmp_path):
     # what the old test fixture did: under transformers 5 the vocab file is ignored and 5 tokens remain
     from transformers import BertConfig, BertTokenizerFast
 
-    BertConfig(vocab_size=30522, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
-               intermediate_size=8).save_pretrained(str(tmp_path))
+    BertConfig(
+        vocab_size=30522, hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8
+    ).save_pretrained(str(tmp_path))
     (tmp_path / "vocab.txt").write_text(Path(minilm_dir(), "vocab.txt").read_text(encoding="utf-8"))
     BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(str(tmp_path))
     with pytest.raises(TextModelDirError, match="the tokenizer has only 5 tokens for a model with vocab_size=30522"):
@@ -428,15 +477,19 @@ def test_a_tokenizer_whose_vocabulary_did_not_load_is_refused(tmp_path):
 def test_a_tokenizer_larger_than_the_model_vocabulary_is_refused(tmp_path):
     from transformers import AutoTokenizer, BertConfig
 
-    BertConfig(vocab_size=1000, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
-               intermediate_size=8).save_pretrained(str(tmp_path))
+    BertConfig(
+        vocab_size=1000, hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8
+    ).save_pretrained(str(tmp_path))
     AutoTokenizer.from_pretrained(minilm_dir(), local_files_only=True).save_pretrained(str(tmp_path))
     with pytest.raises(TextModelDirError, match="30522 tokens but the model's embedding table has vocab_size=1000"):
         check_text_model_dir(str(tmp_path))
 
 
-def test_the_pretrain_workflow_refuses_a_too_large_batch_in_initialize(tmp_path, tiny_dataset,  # noqa: F811
-                                                                       tiny_text_model):  # noqa: F811
+def test_the_pretrain_workflow_refuses_a_too_large_batch_in_initialize(
+    tmp_path,
+    tiny_dataset,  # noqa: F811
+    tiny_text_model,
+):  # noqa: F811
     overrides = dict(pretrain_overrides(tiny_dataset, tiny_text_model, tmp_path), batch_size=13)
     wf = ConfigWorkflow(config_file=PRETRAIN, meta_file=META, workflow_type="train", **overrides)
     raises_from_config(PreflightError, "has 12 items, 12 per process on 1 process(es)", wf.initialize)
@@ -451,5 +504,6 @@ def test_the_pretrain_workflow_refuses_split_leakage(tmp_path, tiny_text_model):
     write_manifest(path, {k: content[k] for k in ("training", "validation", "test")}, content["meta"])
     overrides = dict(pretrain_overrides(data, tiny_text_model, tmp_path), batch_size=2)
     wf = ConfigWorkflow(config_file=PRETRAIN, meta_file=META, workflow_type="train", **overrides)
-    raises_from_config(ManifestError, "images/tr000.png in training (id tr000) and validation (id copy_of_tr000)",
-                       wf.initialize)
+    raises_from_config(
+        ManifestError, "images/tr000.png in training (id tr000) and validation (id copy_of_tr000)", wf.initialize
+    )

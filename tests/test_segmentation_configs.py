@@ -17,8 +17,9 @@ INFERENCE = [str(ROOT / "configs" / "common.yaml"), str(ROOT / "configs" / "infe
 
 
 def workflow(config_files, workflow_type="train", **overrides) -> ConfigWorkflow:
-    wf = ConfigWorkflow(config_file=config_files, meta_file=META, logging_file=LOGGING, workflow_type=workflow_type,
-                        **overrides)
+    wf = ConfigWorkflow(
+        config_file=config_files, meta_file=META, logging_file=LOGGING, workflow_type=workflow_type, **overrides
+    )
     wf.initialize()
     return wf
 
@@ -53,15 +54,25 @@ def test_train_evaluate_infer(tmp_path):
     assert len(list((out / "eval" / "masks").iterdir())) == len(manifest["validation"])
 
     # inference on a folder of images: the same masks as the test run wrote, at the original size
-    inf = workflow(INFERENCE, "infer", image_path=str(data / "images"), checkpoint=str(out / "model.pt"),
-                   output_dir=str(tmp_path / "inference"), encoder_name="resnet18", encoder_image_size=32,
-                   decoder_channels=[16, 16, 8, 8, 8], image_size=48, device="cpu", bundle_root=str(ROOT))
+    inf = workflow(
+        INFERENCE,
+        "infer",
+        image_path=str(data / "images"),
+        checkpoint=str(out / "model.pt"),
+        output_dir=str(tmp_path / "inference"),
+        encoder_name="resnet18",
+        encoder_image_size=32,
+        decoder_channels=[16, 16, 8, 8, 8],
+        image_size=48,
+        device="cpu",
+        bundle_root=str(ROOT),
+    )
     assert inf.check_properties() in (None, [])
     inf.run()
     for name, mask in test_masks.items():
         assert np.array_equal(np.asarray(Image.open(tmp_path / "inference" / name)), mask)
     last = inf.evaluator.state.output[0]["pred"]
-    assert last.shape == (40, 48)   # SqueezeDimd: the 2D label MONAI Label writes
+    assert last.shape == (40, 48)  # SqueezeDimd: the 2D label MONAI Label writes
 
 
 def test_grid_runner_writes_tables_and_plots(tmp_path):
@@ -73,18 +84,60 @@ def test_grid_runner_writes_tables_and_plots(tmp_path):
     data = tmp_path / "data"
     write_tiny_segmentation_dataset(data, sizes=(("training", 10), ("validation", 4), ("test", 4)))
     results = tmp_path / "results"
-    assert evaluate_transfer.main([
-        "--task", "segmentation", "--dataset_dir", str(data), "--dataset", "tiny", "--encoder", "random=random",
-        "--encoder_name", "resnet18", "--encoder_image_size", "32", "--image_size", "48", "--crop_size", "32",
-        "--decoder_channels", "16", "16", "8", "8", "8", "--fractions", "0.1", "1.0", "--seeds", "0", "1",
-        "--fraction_epochs", "0.1:1,1.0:2", "--batch_size", "4", "--val_batch_size", "4", "--overlay_count", "2",
-        "--results_dir", str(results), "--work_dir", str(tmp_path / "grid")]) == 0
+    assert (
+        evaluate_transfer.main(
+            [
+                "--task",
+                "segmentation",
+                "--dataset_dir",
+                str(data),
+                "--dataset",
+                "tiny",
+                "--encoder",
+                "random=random",
+                "--encoder_name",
+                "resnet18",
+                "--encoder_image_size",
+                "32",
+                "--image_size",
+                "48",
+                "--crop_size",
+                "32",
+                "--decoder_channels",
+                "16",
+                "16",
+                "8",
+                "8",
+                "8",
+                "--fractions",
+                "0.1",
+                "1.0",
+                "--seeds",
+                "0",
+                "1",
+                "--fraction_epochs",
+                "0.1:1,1.0:2",
+                "--batch_size",
+                "4",
+                "--val_batch_size",
+                "4",
+                "--overlay_count",
+                "2",
+                "--results_dir",
+                str(results),
+                "--work_dir",
+                str(tmp_path / "grid"),
+            ]
+        )
+        == 0
+    )
     text = (results / "tiny_segmentation.md").read_text()
     assert "| random | " in text and "MGCA Dice" in text and "pooled Dice" in text
-    rows = [line for line in text.splitlines() if line.startswith("| random | 0.1 |") or
-            line.startswith("| random | 1.0 |")]
+    rows = [
+        line for line in text.splitlines() if line.startswith("| random | 0.1 |") or line.startswith("| random | 1.0 |")
+    ]
     assert len(rows) == 4
-    assert [int(r.split("|")[4]) for r in rows] == [1, 1, 10, 10]        # training images: 10% of 10 -> 1, all
-    assert [int(r.split("|")[10]) for r in rows] == [1, 1, 2, 2]         # epochs per fraction
+    assert [int(r.split("|")[4]) for r in rows] == [1, 1, 10, 10]  # training images: 10% of 10 -> 1, all
+    assert [int(r.split("|")[10]) for r in rows] == [1, 1, 2, 2]  # epochs per fraction
     for name in ("tiny_segmentation.png", "tiny_segmentation_overlay.png"):
         assert (results / name).stat().st_size > 1000

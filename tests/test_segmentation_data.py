@@ -14,12 +14,19 @@ from test_segmentation_fixtures import write_tiny_segmentation_dataset
 
 from bundle.data.image_io import LoadRadiographd
 from bundle.data.manifest import ManifestError
-from bundle.downstream.segmentation_data import (LoadSegmentationMaskd, SegmentationDataError, balance_positives,
-                                                 inference_datalist, mask_class_ids, segmentation_channels, segmentation_training_items,
-                                                 segmentation_transforms)
+from bundle.downstream.segmentation_data import (
+    LoadSegmentationMaskd,
+    SegmentationDataError,
+    balance_positives,
+    inference_datalist,
+    mask_class_ids,
+    segmentation_channels,
+    segmentation_training_items,
+    segmentation_transforms,
+)
 
 ROWS, COLS = 40, 48
-SQUARE = (slice(8, 24), slice(16, 32))   # rows 8..23, columns 16..31 of the stored image
+SQUARE = (slice(8, 24), slice(16, 32))  # rows 8..23, columns 16..31 of the stored image
 
 
 def square_item(tmp_path, mask_value: int = 1, mask_shape=(ROWS, COLS)) -> dict:
@@ -44,16 +51,20 @@ def load(item: dict) -> dict:
 
 
 def pipeline(train: bool, image_size: int, crop_size: int | None = None, **kw) -> Compose:
-    return Compose(loader() + segmentation_transforms(("image", "label"), image_size, crop_size or image_size,
-                                                      train=train, **kw))
+    return Compose(
+        loader() + segmentation_transforms(("image", "label"), image_size, crop_size or image_size, train=train, **kw)
+    )
 
 
-@pytest.mark.parametrize("image_size,rows,cols", [
-    # x2 up: 48 -> 96 columns, 40 -> 80 rows padded by 8 above: square rows 8+16..8+47, columns 32..63
-    (96, slice(24, 56), slice(32, 64)),
-    # x0.5 down: 48 -> 24 columns, 40 -> 20 rows padded by 2 above: rows 2+4..2+11, columns 8..15
-    (24, slice(6, 14), slice(8, 16)),
-])
+@pytest.mark.parametrize(
+    "image_size,rows,cols",
+    [
+        # x2 up: 48 -> 96 columns, 40 -> 80 rows padded by 8 above: square rows 8+16..8+47, columns 32..63
+        (96, slice(24, 56), slice(32, 64)),
+        # x0.5 down: 48 -> 24 columns, 40 -> 20 rows padded by 2 above: rows 2+4..2+11, columns 8..15
+        (24, slice(6, 14), slice(8, 16)),
+    ],
+)
 def test_square_stays_on_the_same_pixels_and_inverts(tmp_path, image_size, rows, cols):
     item = square_item(tmp_path)
     transform = pipeline(False, image_size, divisible=8)
@@ -64,10 +75,11 @@ def test_square_stays_on_the_same_pixels_and_inverts(tmp_path, image_size, rows,
     expected = torch.zeros(side, side)
     expected[rows, cols] = 1
     assert torch.equal(mask[0], expected)
-    assert torch.equal((image[0] > 0).float(), expected)   # [-1, 1] image: the square is +1, the rest -1
+    assert torch.equal((image[0] > 0).float(), expected)  # [-1, 1] image: the square is +1, the rest -1
     # Invertd (the inference path): the mask goes back to the stored image's 40 x 48 pixels exactly
     restored = Invertd(keys="label", transform=transform, orig_keys="image", nearest_interp=True)(
-        {"image": out["image"], "label": out["label"]})["label"]
+        {"image": out["image"], "label": out["label"]}
+    )["label"]
     original = torch.zeros(ROWS, COLS)
     original[SQUARE] = 1
     assert restored.shape == (1, ROWS, COLS)
@@ -87,10 +99,10 @@ def test_training_crop_and_augmentation_keep_image_and_mask_together(tmp_path):
         affine.set_random_state(seed)
         out = affine(item)
         mask, bright = out["label"][0] > 0.5, out["image"][0] > 0
-        assert set(torch.unique(out["label"]).tolist()) <= {0.0, 1.0}   # nearest: still a mask
+        assert set(torch.unique(out["label"]).tolist()) <= {0.0, 1.0}  # nearest: still a mask
         if mask.any():
             iou = (mask & bright).sum() / (mask | bright).sum()
-            assert iou > 0.85   # bilinear image edges vs nearest mask edges differ by at most a pixel
+            assert iou > 0.85  # bilinear image edges vs nearest mask edges differ by at most a pixel
 
 
 def test_mask_of_another_size_names_the_item(tmp_path):
@@ -130,8 +142,11 @@ def test_channels_from_the_manifest_meta():
     demo = {"mask_classes": {"pleural_effusion": 2, "lung_opacity": 3, "pneumothorax": 7}}
     assert mask_class_ids(demo) == {"pleural_effusion": 2, "lung_opacity": 3, "pneumothorax": 7}
     assert segmentation_channels(demo) == {"foreground": [2, 3, 7]}
-    assert segmentation_channels(demo, "per_class") == {"pleural_effusion": [2], "lung_opacity": [3],
-                                                        "pneumothorax": [7]}
+    assert segmentation_channels(demo, "per_class") == {
+        "pleural_effusion": [2],
+        "lung_opacity": [3],
+        "pneumothorax": [7],
+    }
     assert segmentation_channels(demo, "binary", ["pneumothorax"]) == {"pneumothorax": [7]}
     siim = {"mask_values": {"0": "background", "1": "pneumothorax"}}
     assert segmentation_channels(siim) == {"pneumothorax": [1]}
@@ -159,16 +174,18 @@ def test_balance_keeps_all_positives_and_as_many_negatives(tmp_path):
     balanced = balance_positives(items, seed=0)
     ids = [it["id"] for it in balanced]
     assert ids[:3] == ["n0", "n1", "n2"] and len(ids) == 6
-    assert ids == [it["id"] for it in balance_positives(items, seed=0)]   # deterministic
-    assert ids == [it["id"] for it in items if it["id"] in set(ids)]      # manifest order kept
+    assert ids == [it["id"] for it in balance_positives(items, seed=0)]  # deterministic
+    assert ids == [it["id"] for it in items if it["id"] in set(ids)]  # manifest order kept
 
 
 def test_inference_inputs(tmp_path):
     item = square_item(tmp_path)
     (tmp_path / "notes.txt").write_text("not an image")
     assert inference_datalist(item["image"]) == [{"image": item["image"]}]
-    assert inference_datalist(str(tmp_path)) == [{"image": str(tmp_path / "image.png")},
-                                                 {"image": str(tmp_path / "mask.png")}]
+    assert inference_datalist(str(tmp_path)) == [
+        {"image": str(tmp_path / "image.png")},
+        {"image": str(tmp_path / "mask.png")},
+    ]
     with pytest.raises(FileNotFoundError, match="inference input not found"):
         inference_datalist(str(tmp_path / "missing.dcm"))
     with pytest.raises(FileNotFoundError, match="inference input not found: None"):

@@ -22,16 +22,21 @@ def draw_item(rng, height: int, width: int, class_ids=(1,)):
     mask = np.zeros((height, width), np.uint8)
     for cid in class_ids:
         if rng.random() < 0.3:
-            continue   # an empty class in this image (empty masks occur)
+            continue  # an empty class in this image (empty masks occur)
         side = int(rng.integers(6, max(7, min(height, width) // 3)))
         r, c = int(rng.integers(0, height - side)), int(rng.integers(0, width - side))
-        image[r:r + side, c:c + side] = 220
-        mask[r:r + side, c:c + side] = cid
+        image[r : r + side, c : c + side] = 220
+        mask[r : r + side, c : c + side] = cid
     return image, mask
 
 
-def write_tiny_segmentation_dataset(root: Path, sizes=(("training", 12), ("validation", 4), ("test", 4)),
-                                    shape=(40, 48), mask_classes=None, seed: int = 0) -> Path:
+def write_tiny_segmentation_dataset(
+    root: Path,
+    sizes=(("training", 12), ("validation", 4), ("test", 4)),
+    shape=(40, 48),
+    mask_classes=None,
+    seed: int = 0,
+) -> Path:
     """Images of `shape` (rows, columns: not square, so resizing and padding matter) and a segmentation manifest.
     mask_classes: {name: id} written into meta.mask_classes (demo style); default: SIIM-style mask_values 0/1."""
     rng = np.random.default_rng(seed)
@@ -61,9 +66,22 @@ def write_tiny_segmentation_dataset(root: Path, sizes=(("training", 12), ("valid
 
 
 def tiny_overrides(dataset_dir: Path, output_dir: Path, **extra) -> dict:
-    overrides = {"dataset_dir": str(dataset_dir), "output_dir": str(output_dir), "bundle_root": str(ROOT),
-                 "image_size": 48, "crop_size": 32, "encoder_name": "resnet18", "encoder_source": "random",
-                 "encoder_image_size": 32, "decoder_channels": [16, 16, 8, 8, 8], "batch_size": 4,
-                 "val_batch_size": 4, "num_workers": 0, "max_epochs": 2, "device": "cpu", "learning_rate": 1e-2}
+    overrides = {
+        "dataset_dir": str(dataset_dir),
+        "output_dir": str(output_dir),
+        "bundle_root": str(ROOT),
+        "image_size": 48,
+        "crop_size": 32,
+        "encoder_name": "resnet18",
+        "encoder_source": "random",
+        "encoder_image_size": 32,
+        "decoder_channels": [16, 16, 8, 8, 8],
+        "batch_size": 4,
+        "val_batch_size": 4,
+        "num_workers": 0,
+        "max_epochs": 2,
+        "device": "cpu",
+        "learning_rate": 1e-2,
+    }
     overrides.update(extra)
     return overrides

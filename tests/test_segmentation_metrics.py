@@ -9,8 +9,12 @@ import torch
 from ignite.engine import Engine
 
 from bundle.downstream.segmentation_loss import MGCASegmentationLoss
-from bundle.downstream.segmentation_metrics import (mgca_batch_dice, mgca_dice_per_image, pooled_dice,
-                                                    segmentation_metrics)
+from bundle.downstream.segmentation_metrics import (
+    mgca_batch_dice,
+    mgca_dice_per_image,
+    pooled_dice,
+    segmentation_metrics,
+)
 
 
 def masks(*rows_of_pixels):
@@ -50,7 +54,7 @@ def test_pooled_dice_over_all_pixels():
 
 
 def test_two_channels_average_per_image():
-    pred = torch.stack([PRED[0, 0], PRED[3, 0]])[None]      # one image, channel 0: 2/3, channel 1: 0
+    pred = torch.stack([PRED[0, 0], PRED[3, 0]])[None]  # one image, channel 0: 2/3, channel 1: 0
     truth = torch.stack([TRUTH[0, 0], TRUTH[3, 0]])[None]
     assert mgca_dice_per_image(pred, truth).tolist() == pytest.approx([1 / 3])
 
@@ -98,8 +102,9 @@ def test_loss_equals_the_published_formula():
     torch.manual_seed(0)
     logits = torch.randn(3, 1, 8, 8) * 3
     target = (torch.rand(3, 1, 8, 8) > 0.7).float()
-    assert float(MGCASegmentationLoss()(logits, target)) == pytest.approx(float(mgca_reference_loss(logits, target)),
-                                                                          rel=1e-5)
+    assert float(MGCASegmentationLoss()(logits, target)) == pytest.approx(
+        float(mgca_reference_loss(logits, target)), rel=1e-5
+    )
 
 
 def test_loss_refuses_mismatched_shapes():

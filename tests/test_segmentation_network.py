@@ -16,12 +16,14 @@ SMALL_DECODER = (16, 16, 8, 8, 8)
 
 
 def tiny_vit(image_size: int):
-    return build_image_encoder("vit_b16", 1, image_size, vit_hidden_size=32, vit_mlp_dim=64, vit_num_layers=4,
-                               vit_num_heads=2)
+    return build_image_encoder(
+        "vit_b16", 1, image_size, vit_hidden_size=32, vit_mlp_dim=64, vit_num_layers=4, vit_num_heads=2
+    )
 
 
-@pytest.mark.parametrize("name,channels", [("resnet18", [64, 64, 128, 256, 512]),
-                                           ("resnet50", [64, 256, 512, 1024, 2048])])
+@pytest.mark.parametrize(
+    "name,channels", [("resnet18", [64, 64, 128, 256, 512]), ("resnet50", [64, 256, 512, 1024, 2048])]
+)
 @pytest.mark.parametrize("side", [224, 96])
 def test_resnet_unet_shapes(name, channels, side):
     encoder = build_image_encoder(name, 1, side)
@@ -49,7 +51,7 @@ def test_vit_unetr_shapes(side):
 
 
 def test_vit_skip_blocks():
-    assert vit_skip_indices(12) == [2, 5, 8]   # blocks 3, 6, 9 (1-based) and the final tokens, as UNETR
+    assert vit_skip_indices(12) == [2, 5, 8]  # blocks 3, 6, 9 (1-based) and the final tokens, as UNETR
     assert vit_skip_indices(4) == [0, 1, 2]
 
 
@@ -113,8 +115,7 @@ def test_cmcgns_weights_reach_the_unet(tmp_path):
     source = build_image_encoder("resnet18", 1, 64)
     path = tmp_path / "image_encoder.pt"
     torch.save(source.state_dict(), path)
-    model = EncoderUNet(build_downstream_encoder("cmcgns", path, "resnet18", 1, 64), 1,
-                        decoder_channels=SMALL_DECODER)
+    model = EncoderUNet(build_downstream_encoder("cmcgns", path, "resnet18", 1, 64), 1, decoder_channels=SMALL_DECODER)
     for key, value in source.state_dict().items():
         assert torch.equal(model.encoder.state_dict()[key], value)
     with pytest.raises(ValueError, match="not an image encoder of this architecture"):

@@ -12,22 +12,51 @@ from pathlib import Path
 
 from bundle.data.demo_classes import CLASS_NAMES
 
-SHEET_ORDER = ("cardiomegaly", "pleural_effusion", "lung_opacity", "atelectasis", "nodule_mass",
-               "calcified_granuloma", "pneumothorax", "emphysema", "edema", "support_devices", "fracture",
-               "scoliosis", "hiatal_hernia", "hypoinflation")
+SHEET_ORDER = (
+    "cardiomegaly",
+    "pleural_effusion",
+    "lung_opacity",
+    "atelectasis",
+    "nodule_mass",
+    "calcified_granuloma",
+    "pneumothorax",
+    "emphysema",
+    "edema",
+    "support_devices",
+    "fracture",
+    "scoliosis",
+    "hiatal_hernia",
+    "hypoinflation",
+)
 
 
 # words that locate the sentence about a drawn finding, so the snippet shows the report's own words for it
 KEYWORDS = {
-    "cardiomegaly": ("cardiomegaly", "heart", "cardiac"), "pleural_effusion": ("effusion", "costophrenic"),
+    "cardiomegaly": ("cardiomegaly", "heart", "cardiac"),
+    "pleural_effusion": ("effusion", "costophrenic"),
     "lung_opacity": ("opacit", "consolidat", "airspace", "pneumonia", "infiltrat", "density"),
-    "atelectasis": ("atelecta",), "nodule_mass": ("nodul", "mass", "granuloma", "density"),
-    "calcified_granuloma": ("granulom", "calcif"), "pneumothorax": ("pneumothorax",),
+    "atelectasis": ("atelecta",),
+    "nodule_mass": ("nodul", "mass", "granuloma", "density"),
+    "calcified_granuloma": ("granulom", "calcif"),
+    "pneumothorax": ("pneumothorax",),
     "emphysema": ("emphysema", "hyperexpan", "hyperinflat", "copd", "hyperlucen", "flatten", "obstructive"),
     "edema": ("edema", "congestion", "vascula", "failure"),
-    "support_devices": ("pacemaker", "catheter", "tube", "clip", "sternotomy", "device", "wire", "port", "stent",
-                        "line", "valve"),
-    "fracture": ("fracture",), "scoliosis": ("scoliosis", "curvature"), "hiatal_hernia": ("hernia",),
+    "support_devices": (
+        "pacemaker",
+        "catheter",
+        "tube",
+        "clip",
+        "sternotomy",
+        "device",
+        "wire",
+        "port",
+        "stent",
+        "line",
+        "valve",
+    ),
+    "fracture": ("fracture",),
+    "scoliosis": ("scoliosis", "curvature"),
+    "hiatal_hernia": ("hernia",),
     "hypoinflation": ("volume", "hypoinflat", "inflation", "low lung"),
 }
 
@@ -91,8 +120,11 @@ def write_contact_sheet(dataset_dir, out_path, count: int = 16, snippet_chars: i
     manifest = json.loads((dataset_dir / "manifests" / "pretrain.json").read_text(encoding="utf-8"))
     detection = json.loads((dataset_dir / "manifests" / "detection.json").read_text(encoding="utf-8"))
     reports = {it["id"]: it["report"] for split in ("training", "validation", "test") for it in manifest[split]}
-    boxes = {it["id"]: (it["box"], it["box_label"]) for split in ("training", "validation", "test")
-             for it in detection[split]}
+    boxes = {
+        it["id"]: (it["box"], it["box_label"])
+        for split in ("training", "validation", "test")
+        for it in detection[split]
+    }
     chosen = choose_samples(details, count)
     cols = 4
     rows = (len(chosen) + cols - 1) // cols
@@ -108,10 +140,19 @@ def write_contact_sheet(dataset_dir, out_path, count: int = 16, snippet_chars: i
         drawn = ", ".join(details[sid]["drawn"]) or "no drawn finding"
         snippet = snippet_for(reports[sid], details[sid]["drawn"], snippet_chars)
         ax.set_title(f"{sid}: {drawn}", fontsize=8, fontweight="bold")
-        ax.text(0.0, -0.02, "\n".join(textwrap.wrap(snippet, 52)), transform=ax.transAxes, fontsize=6.5,
-                va="top", ha="left", family="monospace")
-    fig.suptitle("Demo phantoms (bundle/data/phantom.py) with their IU report text; patient right = image left",
-                 fontsize=11)
+        ax.text(
+            0.0,
+            -0.02,
+            "\n".join(textwrap.wrap(snippet, 52)),
+            transform=ax.transAxes,
+            fontsize=6.5,
+            va="top",
+            ha="left",
+            family="monospace",
+        )
+    fig.suptitle(
+        "Demo phantoms (bundle/data/phantom.py) with their IU report text; patient right = image left", fontsize=11
+    )
     fig.tight_layout(rect=(0, 0, 1, 0.98))
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path, dpi=72, metadata={"Software": None})

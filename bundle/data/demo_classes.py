@@ -14,25 +14,24 @@ from dataclasses import dataclass
 
 # Fixed order: the multi-hot label index and the label-map id (0 = background, which is also "no_finding").
 CLASS_NAMES = (
-    "no_finding",           # 0: no drawn finding (derived; also the background id of the label maps)
-    "cardiomegaly",         # 1: cardiothoracic ratio 0.55 / 0.60 / 0.65 (mild / moderate / severe)
-    "pleural_effusion",     # 2: basal opacity with a meniscus, blunted costophrenic angle          (mask)
-    "lung_opacity",         # 3: blurred patchy opacity in the named zone                              (mask, box)
-    "atelectasis",          # 4: plate-like linear band, usually basal                                  (mask)
-    "nodule_mass",          # 5: round soft-tissue density                                              (mask, box)
+    "no_finding",  # 0: no drawn finding (derived; also the background id of the label maps)
+    "cardiomegaly",  # 1: cardiothoracic ratio 0.55 / 0.60 / 0.65 (mild / moderate / severe)
+    "pleural_effusion",  # 2: basal opacity with a meniscus, blunted costophrenic angle          (mask)
+    "lung_opacity",  # 3: blurred patchy opacity in the named zone                              (mask, box)
+    "atelectasis",  # 4: plate-like linear band, usually basal                                  (mask)
+    "nodule_mass",  # 5: round soft-tissue density                                              (mask, box)
     "calcified_granuloma",  # 6: small, very bright, sharp round density                                (mask, box)
-    "pneumothorax",         # 7: lucent rim without lung markings, visible pleural line                 (mask)
-    "emphysema",            # 8: larger, darker lungs with few markings, flat low diaphragm
-    "edema",                # 9: perihilar haze, prominent vessels, basal interstitial (Kerley) lines
-    "support_devices",      # 10: pacemaker box and lead, catheters, tubes, surgical clips
-    "fracture",             # 11: broken, displaced rib
-    "scoliosis",            # 12: laterally curved spine
-    "hiatal_hernia",        # 13: retrocardiac gas bubble with an air-fluid level
-    "hypoinflation",        # 14: small lungs, high diaphragm
+    "pneumothorax",  # 7: lucent rim without lung markings, visible pleural line                 (mask)
+    "emphysema",  # 8: larger, darker lungs with few markings, flat low diaphragm
+    "edema",  # 9: perihilar haze, prominent vessels, basal interstitial (Kerley) lines
+    "support_devices",  # 10: pacemaker box and lead, catheters, tubes, surgical clips
+    "fracture",  # 11: broken, displaced rib
+    "scoliosis",  # 12: laterally curved spine
+    "hiatal_hernia",  # 13: retrocardiac gas bubble with an air-fluid level
+    "hypoinflation",  # 14: small lungs, high diaphragm
 )
 CLASS_INDEX = {name: i for i, name in enumerate(CLASS_NAMES)}
-MASK_CLASSES = ("pleural_effusion", "lung_opacity", "atelectasis", "nodule_mass", "calcified_granuloma",
-                "pneumothorax")
+MASK_CLASSES = ("pleural_effusion", "lung_opacity", "atelectasis", "nodule_mass", "calcified_granuloma", "pneumothorax")
 BOX_CLASSES = ("lung_opacity", "nodule_mass", "calcified_granuloma")
 
 # MeSH head (case-insensitive) -> class; a few heads need their qualifiers (see mesh_to_finding).
@@ -74,10 +73,24 @@ MESH_TO_CLASS = {
 }
 
 SIDES = {"right": "right", "left": "left", "bilateral": "bilateral"}
-ZONES = {"apex": "upper", "upper lobe": "upper", "middle lobe": "middle", "lingula": "middle", "hilum": "hilum",
-         "base": "lower", "lower lobe": "lower", "retrocardiac": "retrocardiac"}
-SEVERITIES = {"borderline": "borderline", "mild": "mild", "small": "mild", "moderate": "moderate",
-              "severe": "severe", "large": "severe"}
+ZONES = {
+    "apex": "upper",
+    "upper lobe": "upper",
+    "middle lobe": "middle",
+    "lingula": "middle",
+    "hilum": "hilum",
+    "base": "lower",
+    "lower lobe": "lower",
+    "retrocardiac": "retrocardiac",
+}
+SEVERITIES = {
+    "borderline": "borderline",
+    "mild": "mild",
+    "small": "mild",
+    "moderate": "moderate",
+    "severe": "severe",
+    "large": "severe",
+}
 
 
 @dataclass(frozen=True)
@@ -85,12 +98,12 @@ class Finding:
     """One finding to draw: its class and the qualifiers the report's MeSH term names (None = not named)."""
 
     cls: str
-    side: str | None = None       # "right" / "left" / "bilateral" (patient sides)
-    zone: str | None = None       # "upper" / "middle" / "lower" / "hilum" / "retrocardiac"
-    severity: str | None = None   # "borderline" / "mild" / "moderate" / "severe"
+    side: str | None = None  # "right" / "left" / "bilateral" (patient sides)
+    zone: str | None = None  # "upper" / "middle" / "lower" / "hilum" / "retrocardiac"
+    severity: str | None = None  # "borderline" / "mild" / "moderate" / "severe"
     multiple: bool = False
-    detail: str = ""              # e.g. the device kind or "mass"
-    term: str = ""                # the MeSH term it came from
+    detail: str = ""  # e.g. the device kind or "mass"
+    term: str = ""  # the MeSH term it came from
 
 
 def _first(qualifiers: list[str], table: dict) -> str | None:
@@ -112,12 +125,17 @@ def mesh_to_finding(term: str) -> Finding | None:
     multiple = any(q in ("multiple", "scattered", "diffuse") for q in qualifiers)
     cls, detail = MESH_TO_CLASS.get(head), ""
     if head == "lung":
-        cls = ("hypoinflation" if "hypoinflation" in qualifiers
-               else "emphysema" if "hyperdistention" in qualifiers else None)
+        cls = (
+            "hypoinflation"
+            if "hypoinflation" in qualifiers
+            else "emphysema"
+            if "hyperdistention" in qualifiers
+            else None
+        )
     elif head in ("cardiac shadow", "heart") and "enlarged" in qualifiers:
         cls = "cardiomegaly"
     elif head == "costophrenic angle" and "blunted" in qualifiers:
-        cls, severity = "pleural_effusion", severity or "mild"      # blunting = a small effusion
+        cls, severity = "pleural_effusion", severity or "mild"  # blunting = a small effusion
     elif head == "density" and ("lung" in qualifiers or zone == "retrocardiac"):
         cls = "nodule_mass" if "round" in qualifiers else "lung_opacity"
     elif head == "calcinosis" and ("lung" in qualifiers or "lymph nodes" in qualifiers):
@@ -128,13 +146,19 @@ def mesh_to_finding(term: str) -> Finding | None:
     if head == "mass":
         detail = "mass"
     elif cls == "support_devices":
-        detail = ("pacemaker" if head == "implanted medical device" and "aortic valve" not in qualifiers
-                  else "valve" if "aortic valve" in qualifiers
-                  else "tube" if head == "tube, inserted"
-                  else "clips" if head in ("surgical instruments", "sutures", "stents")
-                  else "catheter")
+        detail = (
+            "pacemaker"
+            if head == "implanted medical device" and "aortic valve" not in qualifiers
+            else "valve"
+            if "aortic valve" in qualifiers
+            else "tube"
+            if head == "tube, inserted"
+            else "clips"
+            if head in ("surgical instruments", "sutures", "stents")
+            else "catheter"
+        )
     if severity == "borderline":
-        return None     # "borderline" cardiomegaly / effusion is not a definite finding: not drawn, listed as such
+        return None  # "borderline" cardiomegaly / effusion is not a definite finding: not drawn, listed as such
     return Finding(cls=cls, side=side, zone=zone, severity=severity, multiple=multiple, detail=detail, term=term)
 
 

@@ -33,8 +33,15 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from bundle.data.demo_classes import (BOX_CLASSES, CLASS_INDEX, CLASS_NAMES, MASK_CLASSES, Finding,
-                                      findings_from_mesh, multi_hot)
+from bundle.data.demo_classes import (
+    BOX_CLASSES,
+    CLASS_INDEX,
+    CLASS_NAMES,
+    MASK_CLASSES,
+    Finding,
+    findings_from_mesh,
+    multi_hot,
+)
 from bundle.data.label_fractions import DEFAULT_FRACTIONS, fractions_meta, nested_fraction_subsets
 from bundle.data.manifest import write_manifest
 from bundle.data.phantom import render_phantom
@@ -43,11 +50,15 @@ from bundle.data.reports import MIN_REPORT_TOKENS, ReportParseError, is_usable_r
 LOG = logging.getLogger("bundle.data.demo")
 SCRIPT_VERSION = "1.0.0"
 SPLIT_FRACTIONS = {"training": 0.8, "validation": 0.1, "test": 0.1}
-SOURCE = ("Indiana University Chest X-ray Collection reports (Open-i, CC BY-NC-ND 4.0; text only) paired with "
-          "synthetic report-driven phantom radiographs (bundle/data/phantom.py)")
-BOX_CONVENTION = ("[x1, y1, x2, y2] in pixels of the stored image; x = column, y = row; pixel (r, c) covers "
-                  "[c, c+1) x [r, r+1), so x2 / y2 are one past the last covered column / row")
-PNG_OPTIONS = {"format": "PNG", "compress_level": 6, "optimize": False}   # fixed; Pillow writes no timestamp
+SOURCE = (
+    "Indiana University Chest X-ray Collection reports (Open-i, CC BY-NC-ND 4.0; text only) paired with "
+    "synthetic report-driven phantom radiographs (bundle/data/phantom.py)"
+)
+BOX_CONVENTION = (
+    "[x1, y1, x2, y2] in pixels of the stored image; x = column, y = row; pixel (r, c) covers "
+    "[c, c+1) x [r, r+1), so x2 / y2 are one past the last covered column / row"
+)
+PNG_OPTIONS = {"format": "PNG", "compress_level": 6, "optimize": False}  # fixed; Pillow writes no timestamp
 
 SKIP_UNREADABLE = "unreadable report XML"
 SKIP_NO_SECTIONS = "no FINDINGS or IMPRESSION section"
@@ -60,8 +71,8 @@ class DemoDataError(ValueError):
 
 @dataclass
 class DemoReport:
-    report_id: str                 # the XML file's stem
-    text: str                      # IMPRESSION + " " + FINDINGS (method.md 1)
+    report_id: str  # the XML file's stem
+    text: str  # IMPRESSION + " " + FINDINGS (method.md 1)
     mesh_major: list[str]
     findings: list[Finding]
     not_drawn: list[str]
@@ -88,8 +99,10 @@ def default_reports_path() -> Path:
     """NLMCXR_reports.tgz inside the installed torchxrayvision package (located, never imported)."""
     spec = importlib.util.find_spec("torchxrayvision")
     if spec is None or not spec.submodule_search_locations:
-        raise DemoDataError("no --reports given and torchxrayvision is not installed; install its data with "
-                            "`pip install --no-deps torchxrayvision==1.5.7` or pass the Open-i NLMCXR_reports.tgz")
+        raise DemoDataError(
+            "no --reports given and torchxrayvision is not installed; install its data with "
+            "`pip install --no-deps torchxrayvision==1.5.7` or pass the Open-i NLMCXR_reports.tgz"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / "data" / "NLMCXR_reports.tgz"
     if not path.is_file():
         raise DemoDataError(f"torchxrayvision is installed but has no {path}")
@@ -129,8 +142,9 @@ def iter_report_files(path: Path) -> Iterator[tuple[str, bytes | Exception]]:
                 yield report_id, e
 
 
-def load_reports(path: Path, num_reports: int | None = None, strict: bool = False,
-                 skips: SkipLog | None = None) -> list[DemoReport]:
+def load_reports(
+    path: Path, num_reports: int | None = None, strict: bool = False, skips: SkipLog | None = None
+) -> list[DemoReport]:
     """The usable reports among the first `num_reports` XML files (all when None); the others are counted in
     `skips` (strict: raise DemoDataError naming the report instead)."""
     skips = skips if skips is not None else SkipLog()
@@ -210,13 +224,21 @@ def _render_task(task) -> dict:
     requested = {f.cls for f in report.findings}
     # a finding that could not be placed visibly (e.g. an opacity squeezed to < 4 pixels) is not labelled; say so
     phantom.details["requested_not_drawn"] = sorted(requested - set(phantom.drawn), key=CLASS_INDEX.get)
-    return {"id": sid, "report_id": report.report_id, "variant": variant, "drawn": phantom.drawn,
-            "boxes": phantom.boxes, "box_labels": phantom.box_labels, "details": phantom.details,
-            "mask_classes": sorted({CLASS_NAMES[i] for i in np.unique(phantom.label_map).tolist() if i})}
+    return {
+        "id": sid,
+        "report_id": report.report_id,
+        "variant": variant,
+        "drawn": phantom.drawn,
+        "boxes": phantom.boxes,
+        "box_labels": phantom.box_labels,
+        "details": phantom.details,
+        "mask_classes": sorted({CLASS_NAMES[i] for i in np.unique(phantom.label_map).tolist() if i}),
+    }
 
 
-def render_all(reports: list[DemoReport], variants: int, size: int, seed: int, out_dir: Path,
-               workers: int) -> list[dict]:
+def render_all(
+    reports: list[DemoReport], variants: int, size: int, seed: int, out_dir: Path, workers: int
+) -> list[dict]:
     tasks = [(r, v, size, seed, str(out_dir)) for r in reports for v in range(variants)]
     bar = tqdm(total=len(tasks), desc="phantoms", unit="img", mininterval=1.0)
     results = []
@@ -235,46 +257,74 @@ def render_all(reports: list[DemoReport], variants: int, size: int, seed: int, o
 
 
 # ----------------------------------------------------------------------------------------------- manifests
-def build_manifests(reports: list[DemoReport], samples: list[dict], assignment: dict[str, str], seed: int,
-                    size: int, variants: int) -> dict[str, tuple[dict, dict]]:
+def build_manifests(
+    reports: list[DemoReport], samples: list[dict], assignment: dict[str, str], seed: int, size: int, variants: int
+) -> dict[str, tuple[dict, dict]]:
     """{name: (splits, meta)} for pretrain, classification, segmentation and detection."""
     by_report = {r.report_id: r for r in reports}
-    splits = {name: {s: [] for s in SPLIT_FRACTIONS} for name in ("pretrain", "classification", "segmentation",
-                                                                  "detection")}
+    splits = {
+        name: {s: [] for s in SPLIT_FRACTIONS} for name in ("pretrain", "classification", "segmentation", "detection")
+    }
     for sample in samples:
-        report = by_report[sample["report_id"]]    # the sample's own report: ids come from the same record
+        report = by_report[sample["report_id"]]  # the sample's own report: ids come from the same record
         split = assignment[report.report_id]
         sid, image = sample["id"], f"images/{sample['id']}.png"
         splits["pretrain"][split].append({"id": sid, "image": image, "report": report.text})
         splits["classification"][split].append({"id": sid, "image": image, "label": multi_hot(sample["drawn"])})
         splits["segmentation"][split].append({"id": sid, "image": image, "label": f"masks/{sid}.png"})
-        splits["detection"][split].append({"id": sid, "image": image, "box": sample["boxes"],
-                                           "box_label": sample["box_labels"]})
-    base = {"source": SOURCE, "class_names": list(CLASS_NAMES), "split_seed": seed, "seed": seed,
-            "script_version": SCRIPT_VERSION, "created_by": "scripts/make_demo_data.py", "dataset": "demo",
-            "image_size": size, "variants": variants, "split_by": "IU report number",
-            "split_fractions": dict(SPLIT_FRACTIONS), "id_format": "<IU report number>_<variant>",
-            "intensity": "8-bit PNG, bright = dense (display convention)"}
+        splits["detection"][split].append(
+            {"id": sid, "image": image, "box": sample["boxes"], "box_label": sample["box_labels"]}
+        )
+    base = {
+        "source": SOURCE,
+        "class_names": list(CLASS_NAMES),
+        "split_seed": seed,
+        "seed": seed,
+        "script_version": SCRIPT_VERSION,
+        "created_by": "scripts/make_demo_data.py",
+        "dataset": "demo",
+        "image_size": size,
+        "variants": variants,
+        "split_by": "IU report number",
+        "split_fractions": dict(SPLIT_FRACTIONS),
+        "id_format": "<IU report number>_<variant>",
+        "intensity": "8-bit PNG, bright = dense (display convention)",
+    }
     mask_nonempty = {s["id"]: bool(s["mask_classes"]) for s in samples}
-    stratum = {"classification": lambda it: tuple(it["label"]),
-               "segmentation": lambda it: mask_nonempty[it["id"]],
-               "detection": lambda it: len(it["box"]) > 0}
+    stratum = {
+        "classification": lambda it: tuple(it["label"]),
+        "segmentation": lambda it: mask_nonempty[it["id"]],
+        "detection": lambda it: len(it["box"]) > 0,
+    }
     metas = {
         "pretrain": dict(base, task="pretraining", report_text="IMPRESSION + ' ' + FINDINGS (method.md 1)"),
-        "classification": dict(base, task="multi-label classification",
-                               label="multi-hot float list over class_names (no_finding = no drawn finding)"),
-        "segmentation": dict(base, task="semantic segmentation",
-                             label="label-map PNG of class ids (index in class_names; 0 = background)",
-                             mask_classes={c: CLASS_INDEX[c] for c in MASK_CLASSES}),
-        "detection": dict(base, task="detection", box_convention=BOX_CONVENTION, box_mode="xyxy",
-                          box_label="index in class_names", box_classes={c: CLASS_INDEX[c] for c in BOX_CLASSES}),
+        "classification": dict(
+            base,
+            task="multi-label classification",
+            label="multi-hot float list over class_names (no_finding = no drawn finding)",
+        ),
+        "segmentation": dict(
+            base,
+            task="semantic segmentation",
+            label="label-map PNG of class ids (index in class_names; 0 = background)",
+            mask_classes={c: CLASS_INDEX[c] for c in MASK_CLASSES},
+        ),
+        "detection": dict(
+            base,
+            task="detection",
+            box_convention=BOX_CONVENTION,
+            box_mode="xyxy",
+            box_label="index in class_names",
+            box_classes={c: CLASS_INDEX[c] for c in BOX_CLASSES},
+        ),
     }
     out = {}
     for name, name_splits in splits.items():
         meta = metas[name]
         if name != "pretrain":
-            subsets = nested_fraction_subsets(name_splits["training"], DEFAULT_FRACTIONS, seed=seed,
-                                              label_key=None, stratum_of=stratum[name])
+            subsets = nested_fraction_subsets(
+                name_splits["training"], DEFAULT_FRACTIONS, seed=seed, label_key=None, stratum_of=stratum[name]
+            )
             meta = dict(meta, fractions=fractions_meta(subsets), fraction_seed=seed)
         out[name] = (name_splits, meta)
     return out
@@ -296,15 +346,25 @@ def format_frequencies(freq: dict, n_samples: int) -> str:
     lines = [f"{'class':<22}{'all':>7}{'%':>7}{'train':>7}{'val':>7}{'test':>7}"]
     for c in CLASS_NAMES:
         f = freq[c]
-        lines.append(f"{c:<22}{f.get('all', 0):>7}{100.0 * f.get('all', 0) / max(n_samples, 1):>7.1f}"
-                     f"{f.get('training', 0):>7}{f.get('validation', 0):>7}{f.get('test', 0):>7}")
+        lines.append(
+            f"{c:<22}{f.get('all', 0):>7}{100.0 * f.get('all', 0) / max(n_samples, 1):>7.1f}"
+            f"{f.get('training', 0):>7}{f.get('validation', 0):>7}{f.get('test', 0):>7}"
+        )
     return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------- the whole run
-def make_demo_dataset(out_dir, reports_path=None, num_reports: int | None = None, variants: int = 1,
-                      size: int = 256, seed: int = 0, workers: int | None = None, strict: bool = False,
-                      contact_sheet: str | None = None) -> dict:
+def make_demo_dataset(
+    out_dir,
+    reports_path=None,
+    num_reports: int | None = None,
+    variants: int = 1,
+    size: int = 256,
+    seed: int = 0,
+    workers: int | None = None,
+    strict: bool = False,
+    contact_sheet: str | None = None,
+) -> dict:
     """Write the demo dataset under out_dir; returns a summary (counts, skips, class frequencies, seconds)."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -325,34 +385,61 @@ def make_demo_dataset(out_dir, reports_path=None, num_reports: int | None = None
     assignment = split_by_report([r.report_id for r in reports], seed)
     for sub in ("images", "masks", "manifests"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
-    LOG.info("rendering %d phantoms (%d per report) at %d px with %d worker(s)", len(reports) * variants,
-             variants, size, workers)
+    LOG.info(
+        "rendering %d phantoms (%d per report) at %d px with %d worker(s)",
+        len(reports) * variants,
+        variants,
+        size,
+        workers,
+    )
     samples = render_all(reports, variants, size, seed, out_dir, workers)
     manifests = build_manifests(reports, samples, assignment, seed, size, variants)
     for name, (splits, meta) in manifests.items():
         write_manifest(out_dir / "manifests" / f"{name}.json", splits, meta)
     by_report = {r.report_id: r for r in reports}
-    details = {s["id"]: {"report_id": s["report_id"], "variant": s["variant"], "split": assignment[s["report_id"]],
-                         "mesh_major": by_report[s["report_id"]].mesh_major, "drawn": s["drawn"],
-                         "not_drawn": by_report[s["report_id"]].not_drawn, "details": s["details"]}
-               for s in samples}
+    details = {
+        s["id"]: {
+            "report_id": s["report_id"],
+            "variant": s["variant"],
+            "split": assignment[s["report_id"]],
+            "mesh_major": by_report[s["report_id"]].mesh_major,
+            "drawn": s["drawn"],
+            "not_drawn": by_report[s["report_id"]].not_drawn,
+            "details": s["details"],
+        }
+        for s in samples
+    }
     (out_dir / "manifests" / "demo_samples.json").write_text(
-        json.dumps(details, indent=1, sort_keys=True, ensure_ascii=True) + "\n", encoding="utf-8")
+        json.dumps(details, indent=1, sort_keys=True, ensure_ascii=True) + "\n", encoding="utf-8"
+    )
     freq = class_frequencies(samples, assignment)
     undrawn = Counter(c for s in samples for c in s["details"]["requested_not_drawn"])
     if undrawn:
-        LOG.info("findings named by a report but not drawn visibly (left unlabelled): %s", dict(sorted(undrawn.items())))
+        LOG.info(
+            "findings named by a report but not drawn visibly (left unlabelled): %s", dict(sorted(undrawn.items()))
+        )
     split_counts = Counter(assignment[s["report_id"]] for s in samples)
     seconds = time.perf_counter() - start
     LOG.info("splits (samples): %s", ", ".join(f"{k}={split_counts.get(k, 0)}" for k in SPLIT_FRACTIONS))
     LOG.info("class frequencies (samples with the class drawn):\n%s", format_frequencies(freq, len(samples)))
-    LOG.info("wrote %d samples to %s in %.1f s (%.1f samples/s)", len(samples), out_dir, seconds,
-             len(samples) / max(seconds, 1e-9))
+    LOG.info(
+        "wrote %d samples to %s in %.1f s (%.1f samples/s)",
+        len(samples),
+        out_dir,
+        seconds,
+        len(samples) / max(seconds, 1e-9),
+    )
     if contact_sheet:
         from bundle.data.contact_sheet import write_contact_sheet
 
         write_contact_sheet(out_dir, contact_sheet)
         LOG.info("contact sheet: %s", contact_sheet)
-    return {"samples": len(samples), "reports": len(reports), "skipped": dict(skips.counts),
-            "skip_examples": skips.examples, "class_frequencies": freq, "splits": dict(split_counts),
-            "seconds": seconds}
+    return {
+        "samples": len(samples),
+        "reports": len(reports),
+        "skipped": dict(skips.counts),
+        "skip_examples": skips.examples,
+        "class_frequencies": freq,
+        "splits": dict(split_counts),
+        "seconds": seconds,
+    }

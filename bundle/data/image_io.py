@@ -21,8 +21,15 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import (CenterSpatialCropd, EnsureTyped, MapTransform, RandSpatialCropd, Resized,
-                              ScaleIntensityRanged, SpatialPadd)
+from monai.transforms import (
+    CenterSpatialCropd,
+    EnsureTyped,
+    MapTransform,
+    RandSpatialCropd,
+    Resized,
+    ScaleIntensityRanged,
+    SpatialPadd,
+)
 
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
@@ -68,7 +75,7 @@ def read_pil(path: str) -> np.ndarray:
             if mode == "LA":
                 im = im.getchannel("L")
             elif mode != "L":
-                im = im.convert("L")   # 1, P, RGB, RGBA, CMYK, YCbCr: luma
+                im = im.convert("L")  # 1, P, RGB, RGBA, CMYK, YCbCr: luma
             return np.asarray(im, dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         if isinstance(e, FileNotFoundError):
@@ -86,14 +93,17 @@ def read_dicom(path: str) -> np.ndarray:
     except (InvalidDicomError, EOFError, ValueError, KeyError) as e:
         raise RadiographReadError(f"{path}: not a readable DICOM file ({e})") from e
     if "PixelData" not in ds:
-        if "Rows" in ds and "Columns" in ds:   # an image header: the data were cut off (half-downloaded file)
-            raise RadiographReadError(f"{path}: DICOM file ends before its pixel data ({os.path.getsize(path)} bytes "
-                                      f"for a {ds.Rows} x {ds.Columns} image): truncated, download it again")
-        raise RadiographReadError(f"{path}: DICOM file without pixel data (no image attributes either: not an "
-                                  "image object)")
+        if "Rows" in ds and "Columns" in ds:  # an image header: the data were cut off (half-downloaded file)
+            raise RadiographReadError(
+                f"{path}: DICOM file ends before its pixel data ({os.path.getsize(path)} bytes "
+                f"for a {ds.Rows} x {ds.Columns} image): truncated, download it again"
+            )
+        raise RadiographReadError(
+            f"{path}: DICOM file without pixel data (no image attributes either: not an image object)"
+        )
     try:
         arr = ds.pixel_array
-    except Exception as e:   # missing decoder plugin, truncated data: pydicom raises several types
+    except Exception as e:  # missing decoder plugin, truncated data: pydicom raises several types
         raise RadiographReadError(f"{path}: cannot decode the DICOM pixel data ({type(e).__name__}: {e})") from e
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
@@ -105,10 +115,10 @@ def read_dicom(path: str) -> np.ndarray:
     if arr.ndim != 2:
         raise RadiographReadError(f"{path}: DICOM pixel array of shape {arr.shape}, expected 2D")
     arr = apply_modality_lut(arr, ds)
-    arr = apply_voi_lut(arr, ds)   # returns arr unchanged when the file has no VOI LUT / window
+    arr = apply_voi_lut(arr, ds)  # returns arr unchanged when the file has no VOI LUT / window
     out = _minmax(arr)
     if str(getattr(ds, "PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1":
-        out = 1.0 - out   # MONOCHROME1: the minimum stored value is displayed white
+        out = 1.0 - out  # MONOCHROME1: the minimum stored value is displayed white
     return out.astype(np.float32)
 
 
@@ -125,9 +135,10 @@ def read_nifti(path: str) -> np.ndarray:
         raise RadiographReadError(f"{path}: not a readable NIfTI file ({e})") from e
     arr = np.squeeze(arr)
     if arr.ndim != 2:
-        raise RadiographReadError(f"{path}: NIfTI image of shape {img.shape}; a radiograph needs exactly two "
-                                  "non-singleton axes")
-    return _minmax(arr.T)   # nibabel axis 0 is x (columns): transpose to [rows, columns]
+        raise RadiographReadError(
+            f"{path}: NIfTI image of shape {img.shape}; a radiograph needs exactly two non-singleton axes"
+        )
+    return _minmax(arr.T)  # nibabel axis 0 is x (columns): transpose to [rows, columns]
 
 
 def _is_dicom_file(path: str) -> bool:
@@ -151,7 +162,7 @@ def load_radiograph(path: str | os.PathLike) -> np.ndarray:
     elif lower.endswith(PIL_SUFFIXES):
         arr = read_pil(path)
     else:
-        arr = read_pil(path)   # unknown suffix: let PIL identify it (it raises a named error otherwise)
+        arr = read_pil(path)  # unknown suffix: let PIL identify it (it raises a named error otherwise)
     if arr.ndim != 2 or arr.shape[0] < 2 or arr.shape[1] < 2:
         raise RadiographReadError(f"{path}: image of shape {arr.shape} is not a 2D radiograph")
     return np.ascontiguousarray(np.clip(arr, 0.0, 1.0), dtype=np.float32)
@@ -193,14 +204,22 @@ class LoadRadiographd(MapTransform):
                 raise FileNotFoundError(f"item {d.get('id', '?')}: {e}") from e
             except RadiographReadError as e:
                 raise RadiographReadError(f"item {d.get('id', '?')}: {e}") from e
-            d[key] = MetaTensor(torch.from_numpy(arr)[None],
-                                meta={"filename_or_obj": os.fspath(path), "spatial_shape": np.array(arr.shape)})
+            d[key] = MetaTensor(
+                torch.from_numpy(arr)[None],
+                meta={"filename_or_obj": os.fspath(path), "spatial_shape": np.array(arr.shape)},
+            )
         return d
 
 
-def radiograph_transforms(keys: Sequence[str] = ("image",), image_size: int = 256, crop_size: int = 224,
-                          train: bool = True, resize_mode: str = "area", anti_aliasing: bool = False,
-                          intensity_range: tuple[float, float] = (-1.0, 1.0)) -> list:
+def radiograph_transforms(
+    keys: Sequence[str] = ("image",),
+    image_size: int = 256,
+    crop_size: int = 224,
+    train: bool = True,
+    resize_mode: str = "area",
+    anti_aliasing: bool = False,
+    intensity_range: tuple[float, float] = (-1.0, 1.0),
+) -> list:
     """method.md 1 on [1, H, W] images in [0, 1]: resize keeping the aspect ratio (long side image_size), zero pad
     to image_size x image_size (centred), random (train) / centre (eval) crop crop_size, [0, 1] -> intensity_range.
     Output [1, crop_size, crop_size] float32. The random crop is the only random step (CacheDataset caches the rest).
@@ -211,14 +230,17 @@ def radiograph_transforms(keys: Sequence[str] = ("image",), image_size: int = 25
     if crop_size > image_size:
         raise ValueError(f"crop_size ({crop_size}) must not exceed image_size ({image_size})")
     keys = list(keys)
-    crop = (RandSpatialCropd(keys, roi_size=(crop_size, crop_size), random_size=False) if train
-            else CenterSpatialCropd(keys, roi_size=(crop_size, crop_size)))
+    crop = (
+        RandSpatialCropd(keys, roi_size=(crop_size, crop_size), random_size=False)
+        if train
+        else CenterSpatialCropd(keys, roi_size=(crop_size, crop_size))
+    )
     return [
-        Resized(keys, spatial_size=int(image_size), size_mode="longest", mode=resize_mode,
-                anti_aliasing=anti_aliasing),
+        Resized(keys, spatial_size=int(image_size), size_mode="longest", mode=resize_mode, anti_aliasing=anti_aliasing),
         SpatialPadd(keys, spatial_size=(image_size, image_size), method="symmetric", mode="constant"),
         crop,
-        ScaleIntensityRanged(keys, a_min=0.0, a_max=1.0, b_min=float(intensity_range[0]),
-                             b_max=float(intensity_range[1]), clip=True),
+        ScaleIntensityRanged(
+            keys, a_min=0.0, a_max=1.0, b_min=float(intensity_range[0]), b_max=float(intensity_range[1]), clip=True
+        ),
         EnsureTyped(keys, dtype=torch.float32, track_meta=True),
     ]

@@ -106,15 +106,20 @@ def split_overlap(content: Mapping, root: str | os.PathLike) -> list[str]:
             if isinstance(image, str):
                 full = os.path.normpath(image if os.path.isabs(image) else os.path.join(root, image))
                 where_image.setdefault(full, []).append(f"{split} (id {item.get('id', '?')})")
-    problems = [f"id {i} in {' and '.join(dict.fromkeys(s))}" for i, s in where_id.items()
-                if len(set(s)) > 1]
-    problems += [f"image {p} in {' and '.join(s)}" for p, s in where_image.items()
-                 if len({x.split(' ')[0] for x in s}) > 1]
+    problems = [f"id {i} in {' and '.join(dict.fromkeys(s))}" for i, s in where_id.items() if len(set(s)) > 1]
+    problems += [
+        f"image {p} in {' and '.join(s)}" for p, s in where_image.items() if len({x.split(" ")[0] for x in s}) > 1
+    ]
     return problems
 
 
-def load_manifest(path: str | os.PathLike, split: str, dataset_dir: str | os.PathLike | None = None,
-                  check_files: bool = True, allow_split_overlap: bool | None = None) -> list[dict]:
+def load_manifest(
+    path: str | os.PathLike,
+    split: str,
+    dataset_dir: str | os.PathLike | None = None,
+    check_files: bool = True,
+    allow_split_overlap: bool | None = None,
+) -> list[dict]:
     """The items of one split with their path keys made absolute against dataset_dir (default: the manifest's
     parent's parent, i.e. DIR for DIR/manifests/x.json). With check_files, a missing image or mask file raises
     ManifestError naming the item id and the path. An id or image file in two splits raises ManifestError unless
@@ -137,9 +142,11 @@ def load_manifest(path: str | os.PathLike, split: str, dataset_dir: str | os.Pat
     if overlap:
         shown = "; ".join(overlap[:MAX_SHOWN]) + (" ..." if len(overlap) > MAX_SHOWN else "")
         if not allow_split_overlap:
-            raise ManifestError(f"{path}: {len(overlap)} id(s) / image file(s) appear in more than one split "
-                                f"(training / validation / test must be disjoint): {shown}. If this is intended, set "
-                                '"allow_split_overlap": true in the manifest\'s meta')
+            raise ManifestError(
+                f"{path}: {len(overlap)} id(s) / image file(s) appear in more than one split "
+                f"(training / validation / test must be disjoint): {shown}. If this is intended, set "
+                '"allow_split_overlap": true in the manifest\'s meta'
+            )
         logger.warning("%s: %d overlaps between splits allowed by allow_split_overlap: %s", path, len(overlap), shown)
     out = []
     for item in items:

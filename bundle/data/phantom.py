@@ -23,17 +23,16 @@ F32 = np.float32
 NORMAL_CTR = (0.38, 0.47)
 CTR_BY_SEVERITY = {"mild": 0.55, "moderate": 0.60, "severe": 0.65, None: 0.58}
 # label-map painting order: later classes overwrite earlier ones where they overlap
-MASK_ORDER = ("pleural_effusion", "atelectasis", "lung_opacity", "pneumothorax", "nodule_mass",
-              "calcified_granuloma")
+MASK_ORDER = ("pleural_effusion", "atelectasis", "lung_opacity", "pneumothorax", "nodule_mass", "calcified_granuloma")
 
 
 @dataclass
 class Phantom:
-    image: np.ndarray                 # uint8 [S, S], display convention (bright = dense)
-    label_map: np.ndarray             # uint8 [S, S], class ids of CLASS_NAMES (0 = background)
-    boxes: list[list[int]]            # [x1, y1, x2, y2], pixel-edge coordinates: x = column, x2/y2 exclusive
-    box_labels: list[int]             # class ids of CLASS_NAMES
-    drawn: list[str]                  # classes actually drawn (sorted by class id)
+    image: np.ndarray  # uint8 [S, S], display convention (bright = dense)
+    label_map: np.ndarray  # uint8 [S, S], class ids of CLASS_NAMES (0 = background)
+    boxes: list[list[int]]  # [x1, y1, x2, y2], pixel-edge coordinates: x = column, x2/y2 exclusive
+    box_labels: list[int]  # class ids of CLASS_NAMES
+    drawn: list[str]  # classes actually drawn (sorted by class id)
     details: dict = field(default_factory=dict)
 
 
@@ -89,8 +88,8 @@ def value_noise(rng: np.random.Generator, size: int, cells: int):
     i0 = np.minimum(pos.astype(np.int64), cells - 1)
     f = pos - i0.astype(F32)
     f = f * f * (3.0 - 2.0 * f)
-    rows = grid[i0] * (1.0 - f)[:, None] + grid[i0 + 1] * f[:, None]            # [size, cells+1]
-    return rows[:, i0] * (1.0 - f)[None, :] + rows[:, i0 + 1] * f[None, :]       # [size, size]
+    rows = grid[i0] * (1.0 - f)[:, None] + grid[i0 + 1] * f[:, None]  # [size, cells+1]
+    return rows[:, i0] * (1.0 - f)[None, :] + rows[:, i0 + 1] * f[None, :]  # [size, size]
 
 
 def binomial_blur(img, passes: int):
@@ -117,11 +116,11 @@ class Frame:
 
     def __init__(self, size: int, rng: np.random.Generator):
         self.size = size
-        self.hw = size * rng.uniform(0.30, 0.36)          # half thorax width in pixels
-        self.h = size * rng.uniform(0.55, 0.63)           # apex-to-diaphragm height in pixels
+        self.hw = size * rng.uniform(0.30, 0.36)  # half thorax width in pixels
+        self.h = size * rng.uniform(0.55, 0.63)  # apex-to-diaphragm height in pixels
         self.cx = size * (0.5 + rng.uniform(-0.035, 0.035))
         self.cy = size * rng.uniform(0.10, 0.16) + 0.5 * self.h
-        t = rng.uniform(-0.045, 0.045)                    # tan(angle / 2): up to about 5 degrees
+        t = rng.uniform(-0.045, 0.045)  # tan(angle / 2): up to about 5 degrees
         self.cos, self.sin = (1 - t * t) / (1 + t * t), 2 * t / (1 + t * t)
         yy, xx = np.mgrid[0:size, 0:size].astype(F32)
         self.xx, self.yy = xx + 0.5, yy + 0.5
@@ -174,7 +173,7 @@ class PhantomRenderer:
     def sides(self, finding: Finding) -> list[int]:
         """Image-side signs (-1 = image left = patient right) for a finding's side qualifier (random if none)."""
         if finding.zone == "retrocardiac":
-            return [1]           # behind the heart: the patient's left lower lobe
+            return [1]  # behind the heart: the patient's left lower lobe
         if finding.side == "bilateral":
             return [-1, 1]
         if finding.side == "right":
@@ -203,7 +202,7 @@ class PhantomRenderer:
             lcy = 0.55 + (0.03 if emph else -0.05 if hypo else 0.0)
             q = cube_abs((X - s * lcx) * (1.0 / ax)) + cube_abs((Y - lcy) * (1.0 / ay))
             shape = smoothstep(-0.04, 0.04, 1.0 - q)
-            base = self.base - (0.035 if s == -1 else 0.0)      # the right hemidiaphragm sits higher
+            base = self.base - (0.035 if s == -1 else 0.0)  # the right hemidiaphragm sits higher
             peak_x = s * (lcx - 0.05)
             k = (dome_height + 0.07) / (0.45 * 0.45)
             dome = base - dome_height + k * (X - peak_x) * (X - peak_x)
@@ -274,8 +273,7 @@ class PhantomRenderer:
                 gap = smoothstep(0.012, 0.024, np.abs(ax_ - xf)) + (~side)
                 gap = np.minimum(gap, 1.0)
                 band = smoothstep(-0.006, 0.006, thick - np.abs(Y - center)) * gap
-                density = density - 0.08 * (1.0 - gap) * smoothstep(0.0, 0.01, 2.5 * thick - np.abs(Y - center)) \
-                    * side
+                density = density - 0.08 * (1.0 - gap) * smoothstep(0.0, 0.01, 2.5 * thick - np.abs(Y - center)) * side
             else:
                 band = smoothstep(-0.006, 0.006, thick - np.abs(Y - center))
             ribs = ribs + band
@@ -287,17 +285,19 @@ class PhantomRenderer:
         for s in (-1, 1):
             y0 = u(-0.09, -0.03)
             p0, p1 = f.to_pixel(s * 0.08, y0), f.to_pixel(s * 0.78, y0 - u(0.06, 0.14))
-            cl = np.maximum(cl, smoothstep(0.045 * f.hw + 1.0, 0.045 * f.hw - 1.0,
-                                           segment_distance(f.xx, f.yy, p0, p1)))
+            cl = np.maximum(
+                cl, smoothstep(0.045 * f.hw + 1.0, 0.045 * f.hw - 1.0, segment_distance(f.xx, f.yy, p0, p1))
+            )
         density = density + 0.28 * cl
         if fracture is not None:
             k, s, xf, _ = fracture
             y_site = first + k * spacing + slope * xf + curl * xf * xf
             px, py = f.to_pixel(s * xf, y_site)
             self.details["fracture_rib_pixel"] = [round(px, 1), round(py, 1)]
-            if any("healed" in fi.term.lower() for fi in self.by_class["fracture"]):   # callus
-                density = density + 0.25 * smoothstep(0.04 * f.hw, 0.02 * f.hw,
-                                                       np.sqrt((f.xx - px) ** 2 + (f.yy - py) ** 2))
+            if any("healed" in fi.term.lower() for fi in self.by_class["fracture"]):  # callus
+                density = density + 0.25 * smoothstep(
+                    0.04 * f.hw, 0.02 * f.hw, np.sqrt((f.xx - px) ** 2 + (f.yy - py) ** 2)
+                )
             self.drawn.add("fracture")
         return density
 
@@ -312,8 +312,11 @@ class PhantomRenderer:
     def markings(self):
         """Vessel-like branching lines (contours of smooth noise), denser towards the hila."""
         f, rng = self.f, self.rng
-        n = (0.45 * value_noise(rng, self.size, 5) + 0.3 * value_noise(rng, self.size, 10)
-             + 0.25 * value_noise(rng, self.size, 20))
+        n = (
+            0.45 * value_noise(rng, self.size, 5)
+            + 0.3 * value_noise(rng, self.size, 10)
+            + 0.25 * value_noise(rng, self.size, 20)
+        )
         lines = smoothstep(0.035, 0.0, np.abs(n - 0.5))
         X, Y = f.X, f.Y
         hilum = np.maximum(bump((np.abs(X) - 0.22) ** 2 + (Y - 0.45) ** 2, 0.12), 0.25)
@@ -324,8 +327,13 @@ class PhantomRenderer:
         """A point (body units) inside the visible lung of side s in the zone (random where none is named)."""
         zone = zone or str(self.frng.choice(["upper", "middle", "lower"]))
         lcx, ax, lcy, ay, base = self.lcx[s]
-        ranges = {"upper": (0.06, 0.36), "middle": (0.36, 0.6), "lower": (0.6, base - 0.06),
-                  "hilum": (0.38, 0.52), "retrocardiac": (self.hy - 0.08, self.hy + 0.08)}
+        ranges = {
+            "upper": (0.06, 0.36),
+            "middle": (0.36, 0.6),
+            "lower": (0.6, base - 0.06),
+            "hilum": (0.38, 0.52),
+            "retrocardiac": (self.hy - 0.08, self.hy + 0.08),
+        }
         y_lo, y_hi = ranges.get(zone, (0.1, base - 0.06))
         best, best_score = None, -1.0
         for _ in range(40):
@@ -380,8 +388,11 @@ class PhantomRenderer:
                 for _ in range(2 if finding.multiple else 1):
                     X0, Y0 = self.pick_point(s, finding.zone)
                     px, py = f.to_pixel(X0, Y0)
-                    radius = self.size * ({"mild": self.fu(0.04, 0.06), "severe": self.fu(0.08, 0.11)}
-                                          .get(finding.severity, self.fu(0.05, 0.09)))
+                    radius = self.size * (
+                        {"mild": self.fu(0.04, 0.06), "severe": self.fu(0.08, 0.11)}.get(
+                            finding.severity, self.fu(0.05, 0.09)
+                        )
+                    )
                     field_ = np.zeros_like(f.X)
                     for _ in range(int(self.frng.integers(4, 8))):
                         bx, by = px + self.fu(-0.6, 0.6) * radius, py + self.fu(-0.45, 0.45) * radius
@@ -389,8 +400,11 @@ class PhantomRenderer:
                         field_ = field_ + bump((f.xx - bx) ** 2 + (f.yy - by) ** 2, sig * sig)
                     texture = value_noise(self.frng, self.size, 24)
                     behind_heart = 0.0 if finding.zone == "retrocardiac" else 0.7
-                    opacity = smoothstep(0.3, 0.85, field_ * (0.65 + 0.7 * texture)) * self.lung[s] * \
-                        (1.0 - behind_heart * self.heart)
+                    opacity = (
+                        smoothstep(0.3, 0.85, field_ * (0.65 + 0.7 * texture))
+                        * self.lung[s]
+                        * (1.0 - behind_heart * self.heart)
+                    )
                     mask = opacity > 0.5
                     if int(mask.sum()) >= 4:
                         out = np.maximum(out, opacity)
@@ -505,14 +519,14 @@ class PhantomRenderer:
                 pts = quadratic_curve((gx, gy), f.to_pixel(s * 0.1, 0.05), f.to_pixel(self.hx - 0.05, self.hy + 0.05))
                 density = density + 0.9 * smoothstep(wire + 0.6, wire - 0.6, polyline_distance(f.xx, f.yy, pts))
             elif kind == "tube":
-                x0 = 0.3 * float(self.spine_center[min(max(int(f.to_pixel(0, 0.1)[1]), 0), self.size - 1),
-                                                   self.size // 2])
+                x0 = 0.3 * float(
+                    self.spine_center[min(max(int(f.to_pixel(0, 0.1)[1]), 0), self.size - 1), self.size // 2]
+                )
                 for off in (-0.018, 0.018):
                     p0, p1 = f.to_pixel(x0 + off, -0.6), f.to_pixel(x0 + off, self.fu(0.15, 0.25))
-                    density = density + 0.7 * smoothstep(wire + 0.5, wire - 0.5,
-                                                         segment_distance(f.xx, f.yy, p0, p1))
+                    density = density + 0.7 * smoothstep(wire + 0.5, wire - 0.5, segment_distance(f.xx, f.yy, p0, p1))
             elif kind in ("clips", "valve"):
-                if kind == "valve" or finding.side is None:    # sternotomy wires down the midline (or a valve)
+                if kind == "valve" or finding.side is None:  # sternotomy wires down the midline (or a valve)
                     for i in range(int(self.frng.integers(4, 7))):
                         cx_, cy_ = f.to_pixel(self.fu(-0.02, 0.02), 0.12 + i * self.fu(0.09, 0.11))
                         r = np.sqrt((f.xx - cx_) ** 2 + (f.yy - cy_) ** 2)
@@ -522,17 +536,21 @@ class PhantomRenderer:
                         cx_, cy_ = f.to_pixel(self.hx, self.hy - 0.05)
                         r = np.sqrt((f.xx - cx_) ** 2 + (f.yy - cy_) ** 2)
                         density = density + 1.1 * smoothstep(1.4, 0.5, np.abs(r - 0.025 * self.size))
-                else:                                           # a cluster of surgical clips on the named side
+                else:  # a cluster of surgical clips on the named side
                     cx0, cy0 = f.to_pixel(s * self.fu(0.3, 0.6), self.fu(0.2, 0.7))
                     for _ in range(int(self.frng.integers(3, 6))):
                         cx_, cy_ = cx0 + self.fu(-0.04, 0.04) * self.size, cy0 + self.fu(-0.04, 0.04) * self.size
-                        box = np.minimum(0.006 * self.size + 0.6 - np.abs(f.xx - cx_),
-                                         0.014 * self.size + 0.6 - np.abs(f.yy - cy_))
+                        box = np.minimum(
+                            0.006 * self.size + 0.6 - np.abs(f.xx - cx_), 0.014 * self.size + 0.6 - np.abs(f.yy - cy_)
+                        )
                         density = density + 1.2 * smoothstep(-0.6, 0.6, box)
-            else:                                               # central venous catheter into the SVC
+            else:  # central venous catheter into the SVC
                 s = s or int(self.frng.choice([-1, 1]))
-                pts = quadratic_curve(f.to_pixel(s * self.fu(0.6, 0.8), -0.16), f.to_pixel(s * 0.15, -0.02),
-                                      f.to_pixel(self.fu(-0.08, -0.02), self.fu(0.32, 0.45)))
+                pts = quadratic_curve(
+                    f.to_pixel(s * self.fu(0.6, 0.8), -0.16),
+                    f.to_pixel(s * 0.15, -0.02),
+                    f.to_pixel(self.fu(-0.08, -0.02), self.fu(0.32, 0.45)),
+                )
                 density = density + 0.8 * smoothstep(wire + 0.6, wire - 0.6, polyline_distance(f.xx, f.yy, pts))
             kinds.append(kind)
         if kinds:
@@ -577,14 +595,33 @@ class PhantomRenderer:
             markings = markings * 1.8
         lungs = np.minimum(self.lung[-1] + self.lung[1], 1.0)
         markings = markings * (1.0 - rim)
-        air = lungs * (1.0 - fluid) * (1.0 - 0.8 * opacity) * (1.0 - 0.55 * haze) * (1.0 - 0.85 * self.heart) * \
-            (1.0 - 0.9 * self.med)
-        density = (self.tissue * self.body - self.lung_air * air - 0.16 * rim * lungs + 0.08 * collapsed
-                   + 0.06 * self.heart - 0.25 * self.trachea + bone_density + 0.3 * opacity * self.heart
-                   + u(0.14, 0.22) * markings * lungs + 0.45 * atelectasis * (1.0 - fluid)
-                   + 0.05 * fluid + 0.25 * pleural_line + 0.18 * kerley * lungs
-                   + self.round_lesions() + self.devices() + self.hernia())
-        density = density * (1.0 + u(-0.08, 0.08) * (f.Y - 0.5))           # heel effect
+        air = (
+            lungs
+            * (1.0 - fluid)
+            * (1.0 - 0.8 * opacity)
+            * (1.0 - 0.55 * haze)
+            * (1.0 - 0.85 * self.heart)
+            * (1.0 - 0.9 * self.med)
+        )
+        density = (
+            self.tissue * self.body
+            - self.lung_air * air
+            - 0.16 * rim * lungs
+            + 0.08 * collapsed
+            + 0.06 * self.heart
+            - 0.25 * self.trachea
+            + bone_density
+            + 0.3 * opacity * self.heart
+            + u(0.14, 0.22) * markings * lungs
+            + 0.45 * atelectasis * (1.0 - fluid)
+            + 0.05 * fluid
+            + 0.25 * pleural_line
+            + 0.18 * kerley * lungs
+            + self.round_lesions()
+            + self.devices()
+            + self.hernia()
+        )
+        density = density * (1.0 + u(-0.08, 0.08) * (f.Y - 0.5))  # heel effect
         density = np.maximum(density, 0.0)
         # display: saturating exposure curve, then a contrast (bias) curve, blur and noise
         k = u(0.55, 1.1)
@@ -603,8 +640,9 @@ class PhantomRenderer:
         drawn = sorted(self.drawn, key=CLASS_INDEX.get)
         boxes = [b for b, _ in self.boxes]
         labels = [lab for _, lab in self.boxes]
-        return Phantom(image=image, label_map=label_map, boxes=boxes, box_labels=labels, drawn=drawn,
-                       details=self.details)
+        return Phantom(
+            image=image, label_map=label_map, boxes=boxes, box_labels=labels, drawn=drawn, details=self.details
+        )
 
 
 def render_phantom(findings: list[Finding], size: int, rng: np.random.Generator) -> Phantom:

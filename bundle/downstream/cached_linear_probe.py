@@ -24,13 +24,20 @@ logger = logging.getLogger(__name__)
 @dataclass
 class CachedFeatures:
     ids: list[str]
-    features: torch.Tensor   # [N, F] pooled encoder features
-    labels: torch.Tensor     # [N, C] float (multilabel / binary) or [N] long (multiclass)
+    features: torch.Tensor  # [N, F] pooled encoder features
+    labels: torch.Tensor  # [N, C] float (multilabel / binary) or [N] long (multiclass)
 
 
 @torch.no_grad()
-def extract_features(model: EncoderClassifier, items: Sequence[dict], transform, batch_size: int = 64,
-                     num_workers: int = 0, device: str | torch.device = "cpu", desc: str = "features") -> CachedFeatures:
+def extract_features(
+    model: EncoderClassifier,
+    items: Sequence[dict],
+    transform,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    desc: str = "features",
+) -> CachedFeatures:
     """Pooled features of `items` (manifest items) through `transform` (the evaluation preprocessing)."""
     model.eval().to(device)
     loader = DataLoader(Dataset(list(items), transform), batch_size=batch_size, shuffle=False, num_workers=num_workers)
@@ -41,13 +48,15 @@ def extract_features(model: EncoderClassifier, items: Sequence[dict], transform,
         ids.extend(str(i) for i in batch["id"])
         done += len(batch["id"])
         rate = done / max(time.perf_counter() - start, 1e-9)
-        logger.info("%s: %d/%d images (%.1f img/s, ETA %.0f s)", desc, done, len(items), rate,
-                    (len(items) - done) / rate)
+        logger.info(
+            "%s: %d/%d images (%.1f img/s, ETA %.0f s)", desc, done, len(items), rate, (len(items) - done) / rate
+        )
     return CachedFeatures(ids, torch.cat(feats), torch.cat(labels))
 
 
-def evaluate_head(head: torch.nn.Module, data: CachedFeatures, task: str, num_classes: int,
-                  class_names: Sequence[str]) -> dict:
+def evaluate_head(
+    head: torch.nn.Module, data: CachedFeatures, task: str, num_classes: int, class_names: Sequence[str]
+) -> dict:
     """Test/validation metrics of a linear head on cached features (probabilities as in the config's postprocessing)."""
     with torch.no_grad():
         logits = head(data.features)
@@ -55,16 +64,31 @@ def evaluate_head(head: torch.nn.Module, data: CachedFeatures, task: str, num_cl
         probs = logits.softmax(1)
         onehot = torch.nn.functional.one_hot(data.labels.long(), num_classes).float()
         auroc = auroc_per_class(probs, onehot, class_names)
-        return {"accuracy": multiclass_accuracy(probs, onehot), "auroc": auroc.macro, "undefined": auroc.undefined,
-                "per_class": auroc.per_class, "probs": probs}
+        return {
+            "accuracy": multiclass_accuracy(probs, onehot),
+            "auroc": auroc.macro,
+            "undefined": auroc.undefined,
+            "per_class": auroc.per_class,
+            "probs": probs,
+        }
     probs = logits.sigmoid()
     auroc = auroc_per_class(probs, data.labels, class_names)
     return {"auroc": auroc.macro, "undefined": auroc.undefined, "per_class": auroc.per_class, "probs": probs}
 
 
-def train_linear_head(train: CachedFeatures, val: CachedFeatures, task: str, num_classes: int,
-                      class_names: Sequence[str], seed: int, learning_rate: float = 5e-4, weight_decay: float = 1e-6,
-                      batch_size: int = 32, max_epochs: int = 50, patience: int = 10) -> tuple[torch.nn.Linear, dict]:
+def train_linear_head(
+    train: CachedFeatures,
+    val: CachedFeatures,
+    task: str,
+    num_classes: int,
+    class_names: Sequence[str],
+    seed: int,
+    learning_rate: float = 5e-4,
+    weight_decay: float = 1e-6,
+    batch_size: int = 32,
+    max_epochs: int = 50,
+    patience: int = 10,
+) -> tuple[torch.nn.Linear, dict]:
     """AdamW on the cached features, best head by the validation key metric, early stopping after `patience`."""
     key = "accuracy" if task == "multiclass" else "auroc"
     generator = torch.Generator().manual_seed(seed)
@@ -77,7 +101,7 @@ def train_linear_head(train: CachedFeatures, val: CachedFeatures, task: str, num
     for epoch in range(1, max_epochs + 1):
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, batch_size):
-            index = order[start:start + batch_size]
+            index = order[start : start + batch_size]
             loss = loss_fn(head(train.features[index]), train.labels[index])
             optimizer.zero_grad()
             loss.backward()

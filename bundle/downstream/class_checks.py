@@ -35,15 +35,18 @@ def classification_class_names(task: str, manifest_meta: Mapping, manifest: str 
     if names is None:
         if task == "binary":
             return ["positive"]
-        raise ManifestError(f"{manifest}: meta has no 'class_names'; a {task} manifest must list its classes in label "
-                            "order (meta.class_names), so that metrics and checkpoints can name them")
+        raise ManifestError(
+            f"{manifest}: meta has no 'class_names'; a {task} manifest must list its classes in label "
+            "order (meta.class_names), so that metrics and checkpoints can name them"
+        )
     if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.strip() for n in names):
         raise ManifestError(f"{manifest}: meta.class_names must be a non-empty list of names, got {names!r}")
     if len(set(names)) != len(names):
         raise ManifestError(f"{manifest}: meta.class_names has repeated names: {names}")
     if task == "binary" and len(names) != 1:
-        raise ManifestError(f"{manifest}: a binary task has one class (one output); meta.class_names lists "
-                            f"{len(names)}: {names}")
+        raise ManifestError(
+            f"{manifest}: a binary task has one class (one output); meta.class_names lists {len(names)}: {names}"
+        )
     if task == "multiclass" and len(names) < 2:
         raise ManifestError(f"{manifest}: a multiclass task needs at least 2 classes, meta.class_names is {names}")
     return list(names)
@@ -51,8 +54,12 @@ def classification_class_names(task: str, manifest_meta: Mapping, manifest: str 
 
 def _label_problem(task: str, num_classes: int, value) -> str | None:
     if task == "multiclass":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                or int(value) != value:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or int(value) != value
+        ):
             return f"label {value!r} is not an integer class index"
         if not 0 <= int(value) < num_classes:
             return f"label {value!r} is outside the class indices 0..{num_classes - 1}"
@@ -62,13 +69,16 @@ def _label_problem(task: str, num_classes: int, value) -> str | None:
         return f"label {value!r} has {len(values)} entries, the manifest has {num_classes} classes"
     bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float)) or v not in (0, 1)]
     if bad:
-        return (f"label {value!r} has entries other than 0 and 1 ({bad[:3]}); map uncertain (-1) or missing labels "
-                "when the manifest is prepared (scripts/prepare_chexpert.py applies U-Ones / U-Zeros)")
+        return (
+            f"label {value!r} has entries other than 0 and 1 ({bad[:3]}); map uncertain (-1) or missing labels "
+            "when the manifest is prepared (scripts/prepare_chexpert.py applies U-Ones / U-Zeros)"
+        )
     return None
 
 
-def check_classification_labels(items: Sequence[Mapping], task: str, num_classes: int, manifest: str = "manifest",
-                                split: str = "?") -> list:
+def check_classification_labels(
+    items: Sequence[Mapping], task: str, num_classes: int, manifest: str = "manifest", split: str = "?"
+) -> list:
     """`items` unchanged when every "label" suits the task; else ManifestError listing the first bad items."""
     problems = []
     for n, item in enumerate(items):
@@ -79,8 +89,11 @@ def check_classification_labels(items: Sequence[Mapping], task: str, num_classes
         if problem:
             problems.append(f"{item.get('id', f'#{n}')}: {problem}")
     if problems:
-        raise ManifestError(f"{manifest}: {len(problems)} item(s) of '{split}' have invalid {task} labels: "
-                            + "; ".join(problems[:MAX_SHOWN]) + (" ..." if len(problems) > MAX_SHOWN else ""))
+        raise ManifestError(
+            f"{manifest}: {len(problems)} item(s) of '{split}' have invalid {task} labels: "
+            + "; ".join(problems[:MAX_SHOWN])
+            + (" ..." if len(problems) > MAX_SHOWN else "")
+        )
     return list(items)
 
 
@@ -99,15 +112,17 @@ class DownstreamCheckpointMeta:
 
     def check(self, state: Mapping, path: str) -> None:
         if state.get("task") != self.task:
-            raise CheckpointMismatchError(f"{path} was trained for task {state.get('task')!r}, this run is "
-                                          f"{self.task!r}")
+            raise CheckpointMismatchError(
+                f"{path} was trained for task {state.get('task')!r}, this run is {self.task!r}"
+            )
         saved = list(state.get("class_names", []))
         if saved != self.class_names:
-            what = ("the same classes in another order" if sorted(saved) == sorted(self.class_names)
-                    else "other classes")
-            raise CheckpointMismatchError(f"{path} was trained with classes {saved}; the manifest has {what}: "
-                                          f"{self.class_names}. Its outputs would be scored against the wrong "
-                                          "labels: evaluate on a manifest with the checkpoint's class order")
+            what = "the same classes in another order" if sorted(saved) == sorted(self.class_names) else "other classes"
+            raise CheckpointMismatchError(
+                f"{path} was trained with classes {saved}; the manifest has {what}: "
+                f"{self.class_names}. Its outputs would be scored against the wrong "
+                "labels: evaluate on a manifest with the checkpoint's class order"
+            )
 
 
 class ClassificationCheckpointLoader:
@@ -117,8 +132,9 @@ class ClassificationCheckpointLoader:
     be checked. The file is read only after every rank reached this point, so none reads a file being written.
     """
 
-    def __init__(self, load_path: str, network: torch.nn.Module, meta: DownstreamCheckpointMeta,
-                 model_key: str = "model") -> None:
+    def __init__(
+        self, load_path: str, network: torch.nn.Module, meta: DownstreamCheckpointMeta, model_key: str = "model"
+    ) -> None:
         self.load_path = load_path
         self.network = network
         self.meta = meta
@@ -139,11 +155,16 @@ class ClassificationCheckpointLoader:
             if META_KEY in checkpoint:
                 self.meta.check(checkpoint[META_KEY], self.load_path)
             else:
-                logger.warning("%s stores no task / class names (written by an older version): its class order "
-                               "cannot be checked against %s", self.load_path, self.meta.class_names)
+                logger.warning(
+                    "%s stores no task / class names (written by an older version): its class order "
+                    "cannot be checked against %s",
+                    self.load_path,
+                    self.meta.class_names,
+                )
         else:
             state = checkpoint
-            logger.warning("%s is a plain state dict without task / class names: its class order cannot be checked",
-                           self.load_path)
+            logger.warning(
+                "%s is a plain state dict without task / class names: its class order cannot be checked", self.load_path
+            )
         dist_utils.unwrap_model(self.network).load_state_dict(state)
         logger.info("loaded %s (task %s, classes %s)", self.load_path, self.meta.task, self.meta.class_names)

@@ -16,8 +16,14 @@ POOLINGS = ("avg", "global")
 
 
 class EncoderClassifier(nn.Module):
-    def __init__(self, encoder: nn.Module, num_classes: int, mode: str = "linear_probe", pooling: str = "avg",
-                 dropout: float = 0.0):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        num_classes: int,
+        mode: str = "linear_probe",
+        pooling: str = "avg",
+        dropout: float = 0.0,
+    ):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")

@@ -71,8 +71,11 @@ def _record_problem(item: Mapping, source_ids: Sequence[int]) -> tuple[str, str]
     if len(boxes) != len(labels):
         return "broken", f"{len(boxes)} boxes but {len(labels)} box labels"
     for n, (box, label) in enumerate(zip(boxes, labels)):
-        if (not isinstance(box, (list, tuple)) or len(box) != 4
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)):
+        if (
+            not isinstance(box, (list, tuple))
+            or len(box) != 4
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)
+        ):
             return "broken", f"box #{n} {box!r} is not 4 finite numbers"
         if isinstance(label, bool) or not isinstance(label, int) or label not in source_ids:
             return "broken", f"box label #{n} {label!r} is not a detection class index {list(source_ids)}"
@@ -84,8 +87,14 @@ def _record_problem(item: Mapping, source_ids: Sequence[int]) -> tuple[str, str]
     return None
 
 
-def load_detection_items(manifest: str, split: str, dataset_dir: str | None = None, fraction: float | None = None,
-                         missing_image: str = "error", bad_box: str = "error") -> list[dict]:
+def load_detection_items(
+    manifest: str,
+    split: str,
+    dataset_dir: str | None = None,
+    fraction: float | None = None,
+    missing_image: str = "error",
+    bad_box: str = "error",
+) -> list[dict]:
     """The checked items of one split (training restricted to a label fraction when given), paths made absolute.
 
     Each item keeps the manifest's "box" / "box_label"; see the module doc for the policy on bad records.
@@ -118,8 +127,9 @@ def load_detection_items(manifest: str, split: str, dataset_dir: str | None = No
             continue
         kept.append(item)
     for kind, count in skipped.items():
-        logger.warning("%s (%s): skipped %d item(s) with %s, e.g. %s", manifest, split, count, kind,
-                       "; ".join(examples[kind][:5]))
+        logger.warning(
+            "%s (%s): skipped %d item(s) with %s, e.g. %s", manifest, split, count, kind, "; ".join(examples[kind][:5])
+        )
     if not kept:
         raise ManifestError(f"{manifest}: no usable items in split {split!r} (skipped {dict(skipped)})")
     return kept
@@ -154,8 +164,14 @@ class DetectionTargetsd(MapTransform):
     The original boxes are kept under "box_xyxy" for the savers.
     """
 
-    def __init__(self, source_ids: Sequence[int], image_key: str = "image", box_key: str = "box",
-                 label_key: str = "label", out_of_image: str = "error") -> None:
+    def __init__(
+        self,
+        source_ids: Sequence[int],
+        image_key: str = "image",
+        box_key: str = "box",
+        label_key: str = "label",
+        out_of_image: str = "error",
+    ) -> None:
         super().__init__([box_key])
         _check_policy("out_of_image", out_of_image)
         self.index = {int(s): n for n, s in enumerate(source_ids)}
@@ -171,8 +187,10 @@ class DetectionTargetsd(MapTransform):
         if bool(outside.any()):
             if self.out_of_image == "error":
                 first = xyxy[outside][0].tolist()
-                raise ManifestError(f"item {d.get('id', '?')} ({d[self.image_key].meta.get('filename_or_obj')}): "
-                                    f"box {first} (x1, y1, x2, y2) reaches past the {width} x {height} image")
+                raise ManifestError(
+                    f"item {d.get('id', '?')} ({d[self.image_key].meta.get('filename_or_obj')}): "
+                    f"box {first} (x1, y1, x2, y2) reaches past the {width} x {height} image"
+                )
             boxes, labels = ClipBoxToImage(remove_empty=True)(boxes, labels, (height, width))[:2]
             boxes, labels = torch.as_tensor(boxes).float(), torch.as_tensor(labels).long()
         d["box_xyxy"] = boxes[:, [1, 0, 3, 2]].clone()
@@ -225,10 +243,18 @@ class BoxesToOriginald(MapTransform):
         return d
 
 
-def detection_transforms(source_ids: Sequence[int], image_size: int = 224, train: bool = False,
-                         augment: bool = True, out_of_image: str = "error", flip_prob: float = 0.5,
-                         zoom_prob: float = 0.3, zoom_range: tuple[float, float] = (0.9, 1.1),
-                         intensity_range: tuple[float, float] = (-1.0, 1.0), load: bool = True) -> list:
+def detection_transforms(
+    source_ids: Sequence[int],
+    image_size: int = 224,
+    train: bool = False,
+    augment: bool = True,
+    out_of_image: str = "error",
+    flip_prob: float = 0.5,
+    zoom_prob: float = 0.3,
+    zoom_range: tuple[float, float] = (0.9, 1.1),
+    intensity_range: tuple[float, float] = (-1.0, 1.0),
+    load: bool = True,
+) -> list:
     """Load, boxes to MONAI order, resize the long side to image_size keeping the aspect ratio ("area" filter),
     zero-pad to a square (boxes follow through the image affine), [0, 1] -> intensity_range.
 
@@ -241,16 +267,26 @@ def detection_transforms(source_ids: Sequence[int], image_size: int = 224, train
         Resized("image", spatial_size=int(image_size), size_mode="longest", mode="area"),
         SpatialPadd("image", spatial_size=(image_size, image_size), method="symmetric", mode="constant"),
         BoxesFollowImaged("box"),
-        ScaleIntensityRanged("image", a_min=0.0, a_max=1.0, b_min=float(intensity_range[0]),
-                             b_max=float(intensity_range[1]), clip=True),
+        ScaleIntensityRanged(
+            "image", a_min=0.0, a_max=1.0, b_min=float(intensity_range[0]), b_max=float(intensity_range[1]), clip=True
+        ),
         EnsureTyped("image", dtype=torch.float32, track_meta=True),
     ]
     if train and augment:
         transforms += [
-            RandFlipBoxd(image_keys="image", box_keys="box", box_ref_image_keys="image", prob=flip_prob,
-                         spatial_axis=1),
-            RandZoomBoxd(image_keys="image", box_keys="box", box_ref_image_keys="image", prob=zoom_prob,
-                         min_zoom=zoom_range[0], max_zoom=zoom_range[1], keep_size=True, padding_mode="constant"),
+            RandFlipBoxd(
+                image_keys="image", box_keys="box", box_ref_image_keys="image", prob=flip_prob, spatial_axis=1
+            ),
+            RandZoomBoxd(
+                image_keys="image",
+                box_keys="box",
+                box_ref_image_keys="image",
+                prob=zoom_prob,
+                min_zoom=zoom_range[0],
+                max_zoom=zoom_range[1],
+                keep_size=True,
+                padding_mode="constant",
+            ),
             ClipBoxToImaged(box_keys="box", label_keys="label", box_ref_image_keys="image", remove_empty=True),
         ]
     return transforms
@@ -263,8 +299,9 @@ def inference_transforms(image_size: int = 224, intensity_range: tuple[float, fl
         RecordOriginalShaped("image"),
         Resized("image", spatial_size=int(image_size), size_mode="longest", mode="area"),
         SpatialPadd("image", spatial_size=(image_size, image_size), method="symmetric", mode="constant"),
-        ScaleIntensityRanged("image", a_min=0.0, a_max=1.0, b_min=float(intensity_range[0]),
-                             b_max=float(intensity_range[1]), clip=True),
+        ScaleIntensityRanged(
+            "image", a_min=0.0, a_max=1.0, b_min=float(intensity_range[0]), b_max=float(intensity_range[1]), clip=True
+        ),
         EnsureTyped("image", dtype=torch.float32, track_meta=True),
     ]
 

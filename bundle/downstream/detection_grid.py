@@ -30,19 +30,29 @@ from bundle.data.label_fractions import fraction_key
 logger = logging.getLogger("evaluate_transfer.detection")
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = [str(ROOT / "configs" / "common.yaml"), str(ROOT / "configs" / "detection.yaml")]
-METRICS = (("mAP_40_75", "mAP IoU 0.40:0.05:0.75 (protocol)"), ("mAP_50", "COCO mAP@0.5"),
-           ("mAP_50_95", "COCO mAP@[0.5:0.95]"))
+METRICS = (
+    ("mAP_40_75", "mAP IoU 0.40:0.05:0.75 (protocol)"),
+    ("mAP_50", "COCO mAP@0.5"),
+    ("mAP_50_95", "COCO mAP@[0.5:0.95]"),
+)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="evaluate_transfer.py --task detection", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="evaluate_transfer.py --task detection",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--task", default="detection", choices=("detection",))
     p.add_argument("--dataset_dir", required=True)
     p.add_argument("--dataset", default=None, help="name in the output files (default: the folder name)")
     p.add_argument("--manifest", default=None, help="default: DATASET_DIR/manifests/detection.json")
-    p.add_argument("--encoder", action="append", required=True,
-                   help="label=source[:weights], source cmcgns|imagenet|random (repeat for several)")
+    p.add_argument(
+        "--encoder",
+        action="append",
+        required=True,
+        help="label=source[:weights], source cmcgns|imagenet|random (repeat for several)",
+    )
     p.add_argument("--encoder_name", default="resnet50")
     p.add_argument("--encoder_image_size", type=int, default=None, help="the pretraining crop size")
     p.add_argument("--image_size", type=int, default=224, help="detection input side (the protocol: 224)")
@@ -82,13 +92,27 @@ def run_length(n_train: int, args) -> tuple[int, int]:
 def cell_parser(args, source: str, weights: str | None, fraction: float, seed: int, out: Path) -> ConfigParser:
     parser = ConfigParser()
     parser.read_config(CONFIGS + list(args.config))
-    settings = {"bundle_root": str(ROOT), "dataset_dir": args.dataset_dir, "encoder_name": args.encoder_name,
-                "encoder_source": source, "encoder_weights": weights or "", "mode": args.mode,
-                "detection_image_size": args.image_size, "fpn_channels": args.fpn_channels,
-                "anchor_base": args.anchor_base, "augment": not args.no_augment, "num_workers": args.num_workers,
-                "device": "cuda:0" if torch.cuda.is_available() else "cpu", "learning_rate": args.lr,
-                "batch_size": args.batch_size, "val_batch_size": args.val_batch_size, "data_fraction": fraction,
-                "seed": seed, "output_dir": str(out), "early_stop_patience": args.patience}
+    settings = {
+        "bundle_root": str(ROOT),
+        "dataset_dir": args.dataset_dir,
+        "encoder_name": args.encoder_name,
+        "encoder_source": source,
+        "encoder_weights": weights or "",
+        "mode": args.mode,
+        "detection_image_size": args.image_size,
+        "fpn_channels": args.fpn_channels,
+        "anchor_base": args.anchor_base,
+        "augment": not args.no_augment,
+        "num_workers": args.num_workers,
+        "device": "cuda:0" if torch.cuda.is_available() else "cpu",
+        "learning_rate": args.lr,
+        "batch_size": args.batch_size,
+        "val_batch_size": args.val_batch_size,
+        "data_fraction": fraction,
+        "seed": seed,
+        "output_dir": str(out),
+        "early_stop_patience": args.patience,
+    }
     if args.manifest:
         settings["manifest"] = args.manifest
     if args.encoder_image_size:
@@ -116,17 +140,36 @@ def run_grid(args, encoders) -> list[dict]:
                 evaluator = parser.get_parsed_content("test#evaluator")
                 evaluator.run()
                 metrics = evaluator.state.metrics
-                rows.append({"encoder": label, "fraction": fraction, "seed": seed,
-                             "n_train": len(parser.get_parsed_content("train#datalist")),
-                             **{name: float(metrics[f"test_{name}"]) for name, _ in METRICS},
-                             "best_val": float(validator.state.best_metric),
-                             "best_epoch": int(validator.state.best_metric_epoch),
-                             "epochs_run": int(trainer.state.epoch), "max_epochs": int(parser["max_epochs"]),
-                             "seconds": time.perf_counter() - cell_start, "out": str(out)})
+                rows.append(
+                    {
+                        "encoder": label,
+                        "fraction": fraction,
+                        "seed": seed,
+                        "n_train": len(parser.get_parsed_content("train#datalist")),
+                        **{name: float(metrics[f"test_{name}"]) for name, _ in METRICS},
+                        "best_val": float(validator.state.best_metric),
+                        "best_epoch": int(validator.state.best_metric_epoch),
+                        "epochs_run": int(trainer.state.epoch),
+                        "max_epochs": int(parser["max_epochs"]),
+                        "seconds": time.perf_counter() - cell_start,
+                        "out": str(out),
+                    }
+                )
                 done, elapsed = len(rows), time.perf_counter() - start
-                logger.info("[%d/%d] %s fraction %s seed %d: test mAP 0.40:0.75 %.4f (best val %.4f at epoch %d; "
-                            "%.0f s, ETA %.0f s)", done, cells, label, fraction, seed, rows[-1]["mAP_40_75"],
-                            rows[-1]["best_val"], rows[-1]["best_epoch"], elapsed, elapsed / done * (cells - done))
+                logger.info(
+                    "[%d/%d] %s fraction %s seed %d: test mAP 0.40:0.75 %.4f (best val %.4f at epoch %d; "
+                    "%.0f s, ETA %.0f s)",
+                    done,
+                    cells,
+                    label,
+                    fraction,
+                    seed,
+                    rows[-1]["mAP_40_75"],
+                    rows[-1]["best_val"],
+                    rows[-1]["best_epoch"],
+                    elapsed,
+                    elapsed / done * (cells - done),
+                )
     return rows
 
 
@@ -157,31 +200,46 @@ def write_report(args, rows: list[dict], seconds: float) -> tuple[Path, Path]:
     md, png = results / f"{args.dataset}_detection.md", results / f"{args.dataset}_detection.png"
     encoders = list(dict.fromkeys(r["encoder"] for r in rows))
     header = "| encoder | " + " | ".join(f"{float(f) * 100:g}% labels" for f in args.fractions) + " |"
-    lines = [f"# {args.dataset}: downstream detection (RetinaNet, encoder {args.mode.replace('_', ' ')})", "",
-             f"Test metrics; mean ± sample standard deviation over seeds {args.seeds}. Encoder {args.encoder_name}, "
-             f"input {args.image_size} px, FPN {args.fpn_channels} channels over layer2-4, MONAI RetinaNet "
-             "(ATSS matching, hard-negative sampling); label fractions from the manifest's nested subsets (the same "
-             "subset for every seed: the spread is training randomness only). Images without boxes are in every "
-             "split and count (their detections are false positives).", ""]
+    lines = [
+        f"# {args.dataset}: downstream detection (RetinaNet, encoder {args.mode.replace('_', ' ')})",
+        "",
+        f"Test metrics; mean ± sample standard deviation over seeds {args.seeds}. Encoder {args.encoder_name}, "
+        f"input {args.image_size} px, FPN {args.fpn_channels} channels over layer2-4, MONAI RetinaNet "
+        "(ATSS matching, hard-negative sampling); label fractions from the manifest's nested subsets (the same "
+        "subset for every seed: the spread is training randomness only). Images without boxes are in every "
+        "split and count (their detections are false positives).",
+        "",
+    ]
     for name, title in METRICS:
         lines += [f"{title}:", "", header, "|" + "---|" * (len(args.fractions) + 1)]
         for enc in encoders:
-            cells = [_mean_spread([r[name] for r in rows if r["encoder"] == enc and r["fraction"] == f])
-                     for f in args.fractions]
+            cells = [
+                _mean_spread([r[name] for r in rows if r["encoder"] == enc and r["fraction"] == f])
+                for f in args.fractions
+            ]
             lines.append(f"| {enc} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += ["Runs:", "", "| encoder | fraction | seed | training images | test mAP 0.40:0.75 | mAP@0.5 | "
-              "mAP@[0.5:0.95] | best val | best epoch | epochs run / max | seconds |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "Runs:",
+        "",
+        "| encoder | fraction | seed | training images | test mAP 0.40:0.75 | mAP@0.5 | "
+        "mAP@[0.5:0.95] | best val | best epoch | epochs run / max | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['encoder']} | {r['fraction']} | {r['seed']} | {r['n_train']} | {r['mAP_40_75']:.4f} | "
-                     f"{r['mAP_50']:.4f} | {r['mAP_50_95']:.4f} | {r['best_val']:.4f} | {r['best_epoch']} | "
-                     f"{r['epochs_run']} / {r['max_epochs']} | {r['seconds']:.0f} |")
+        lines.append(
+            f"| {r['encoder']} | {r['fraction']} | {r['seed']} | {r['n_train']} | {r['mAP_40_75']:.4f} | "
+            f"{r['mAP_50']:.4f} | {r['mAP_50_95']:.4f} | {r['best_val']:.4f} | {r['best_epoch']} | "
+            f"{r['epochs_run']} / {r['max_epochs']} | {r['seconds']:.0f} |"
+        )
     if args.note:
         lines += ["", args.note]
-    lines += ["", f"Command: `python scripts/evaluate_transfer.py {_command(args.argv)}`; {seconds / 60:.1f} min "
-              f"wall time on {torch.get_num_threads()} CPU thread(s){' + GPU' if torch.cuda.is_available() else ''}.",
-              ""]
+    lines += [
+        "",
+        f"Command: `python scripts/evaluate_transfer.py {_command(args.argv)}`; {seconds / 60:.1f} min "
+        f"wall time on {torch.get_num_threads()} CPU thread(s){' + GPU' if torch.cuda.is_available() else ''}.",
+        "",
+    ]
     md.write_text("\n".join(lines), encoding="utf-8")
 
     import matplotlib
@@ -193,8 +251,11 @@ def write_report(args, rows: list[dict], seconds: float) -> tuple[Path, Path]:
     for enc in encoders:
         means, stds = [], []
         for f in args.fractions:
-            vals = [r["mAP_40_75"] for r in rows if r["encoder"] == enc and r["fraction"] == f
-                    and not math.isnan(r["mAP_40_75"])]
+            vals = [
+                r["mAP_40_75"]
+                for r in rows
+                if r["encoder"] == enc and r["fraction"] == f and not math.isnan(r["mAP_40_75"])
+            ]
             means.append(statistics.mean(vals) if vals else float("nan"))
             stds.append(statistics.stdev(vals) if len(vals) > 1 else 0.0)
         ax.errorbar([float(f) * 100 for f in args.fractions], means, yerr=stds, marker="o", capsize=3, label=enc)

@@ -28,8 +28,16 @@ def detection_outputs(output: Mapping, box_key: str = "box", label_key: str = "l
     """An evaluator's output {pred: [per image], label: [per image targets]} -> [{pred_box, pred_label, pred_score,
     box, label}] (network-input frame), what DetectionMAP reads."""
     score_key = label_key + "_scores"
-    return [{"pred_box": p[box_key], "pred_label": p[label_key], "pred_score": p[score_key],
-             "box": t[box_key], "label": t[label_key]} for p, t in zip(output["pred"], output["label"])]
+    return [
+        {
+            "pred_box": p[box_key],
+            "pred_label": p[label_key],
+            "pred_score": p[score_key],
+            "box": t[box_key],
+            "label": t[label_key],
+        }
+        for p, t in zip(output["pred"], output["label"])
+    ]
 
 
 def _np(values, dtype, width: int | None = None) -> np.ndarray:
@@ -38,10 +46,16 @@ def _np(values, dtype, width: int | None = None) -> np.ndarray:
     return arr.reshape(-1, width) if width else arr.reshape(-1)
 
 
-def mean_average_precision(preds: Sequence[Mapping], targets: Sequence[Mapping], class_names: Sequence[str],
-                           iou_range: tuple[float, float, float], max_detections: int = 100,
-                           box_key: str = "box", label_key: str = "label", score_key: str = "label_scores"
-                           ) -> tuple[float, dict[str, float]]:
+def mean_average_precision(
+    preds: Sequence[Mapping],
+    targets: Sequence[Mapping],
+    class_names: Sequence[str],
+    iou_range: tuple[float, float, float],
+    max_detections: int = 100,
+    box_key: str = "box",
+    label_key: str = "label",
+    score_key: str = "label_scores",
+) -> tuple[float, dict[str, float]]:
     """(mAP over the classes with ground truth, per-class AP of those classes) for one IoU range.
 
     preds: per image {box [D, 4], label [D], label_scores [D]}; targets: per image {box [G, 4], label [G]}; boxes in
@@ -49,16 +63,24 @@ def mean_average_precision(preds: Sequence[Mapping], targets: Sequence[Mapping],
     """
     if len(preds) != len(targets):
         raise ValueError(f"{len(preds)} predictions for {len(targets)} images")
-    metric = COCOMetric(classes=list(class_names), iou_list=(iou_range[0],), iou_range=iou_range,
-                        max_detection=(max_detections,), per_class=True, verbose=False)
+    metric = COCOMetric(
+        classes=list(class_names),
+        iou_list=(iou_range[0],),
+        iou_range=iou_range,
+        max_detection=(max_detections,),
+        per_class=True,
+        verbose=False,
+    )
     matches = matching_batch(
-        iou_fn=box_iou, iou_thresholds=metric.iou_thresholds,
+        iou_fn=box_iou,
+        iou_thresholds=metric.iou_thresholds,
         pred_boxes=[_np(p[box_key], np.float64, 4) for p in preds],
         pred_classes=[_np(p[label_key], np.int64) for p in preds],
         pred_scores=[_np(p[score_key], np.float64) for p in preds],
         gt_boxes=[_np(t[box_key], np.float64, 4) for t in targets],
         gt_classes=[_np(t[label_key], np.int64) for t in targets],
-        max_detections=max_detections)
+        max_detections=max_detections,
+    )
     results, _ = metric(matches)
     stem = f"mAP_IoU_{iou_range[0]:.2f}_{iou_range[1]:.2f}_{iou_range[2]:.2f}_MaxDet_{max_detections}"
     per_class = {name: results[f"{name}_{stem}"] for name in class_names if results[f"{name}_{stem}"] >= 0}
@@ -74,8 +96,14 @@ class DetectionMAP(Metric):
     torch.distributed every rank's images are gathered before computing, so all ranks see the same value.
     """
 
-    def __init__(self, class_names: Sequence[str], name: str = "mAP_40_75", max_detections: int = 100,
-                 output_transform=detection_outputs, device="cpu"):
+    def __init__(
+        self,
+        class_names: Sequence[str],
+        name: str = "mAP_40_75",
+        max_detections: int = 100,
+        output_transform=detection_outputs,
+        device="cpu",
+    ):
         if name not in IOU_RANGES:
             raise ValueError(f"unknown detection metric {name!r}; choose one of {sorted(IOU_RANGES)}")
         self.class_names, self.iou_range, self.max_detections = list(class_names), IOU_RANGES[name], max_detections
@@ -89,8 +117,13 @@ class DetectionMAP(Metric):
     def update(self, output) -> None:
         items = output if isinstance(output, (list, tuple)) else [output]
         for item in items:  # per image: detections differ in number
-            self._preds.append({"box": _np(item["pred_box"], np.float64, 4), "label": _np(item["pred_label"], np.int64),
-                                "label_scores": _np(item["pred_score"], np.float64)})
+            self._preds.append(
+                {
+                    "box": _np(item["pred_box"], np.float64, 4),
+                    "label": _np(item["pred_label"], np.int64),
+                    "label_scores": _np(item["pred_score"], np.float64),
+                }
+            )
             self._targets.append({"box": _np(item["box"], np.float64, 4), "label": _np(item["label"], np.int64)})
 
     def compute(self) -> float:
@@ -100,8 +133,9 @@ class DetectionMAP(Metric):
             torch.distributed.all_gather_object(gathered, (preds, targets))
             preds = [p for g in gathered for p in g[0]]
             targets = [t for g in gathered for t in g[1]]
-        value, self.per_class = mean_average_precision(preds, targets, self.class_names, self.iou_range,
-                                                       self.max_detections)
+        value, self.per_class = mean_average_precision(
+            preds, targets, self.class_names, self.iou_range, self.max_detections
+        )
         return value
 
 

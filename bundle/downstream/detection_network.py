@@ -50,10 +50,12 @@ class EncoderFeatures(nn.Module):
         elif isinstance(encoder, ViTImageEncoder):
             width = encoder.feature_dim
             self.in_channels_list = [width // 2, width, width]
-            self.adapter = nn.ModuleDict({
-                "layer2": nn.ConvTranspose2d(width, width // 2, kernel_size=2, stride=2),
-                "layer4": nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True),
-            })
+            self.adapter = nn.ModuleDict(
+                {
+                    "layer2": nn.ConvTranspose2d(width, width // 2, kernel_size=2, stride=2),
+                    "layer4": nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True),
+                }
+            )
         else:
             raise TypeError(f"detection needs a bundle ResNet or ViT image encoder, got {type(encoder).__name__}")
         if self.frozen:
@@ -104,8 +106,9 @@ class EncoderFPN(nn.Module):
     def __init__(self, encoder: nn.Module, out_channels: int = 256, mode: str = "frozen"):
         super().__init__()
         self.body = EncoderFeatures(encoder, mode)
-        self.fpn = FeaturePyramidNetwork(spatial_dims=2, in_channels_list=self.body.in_channels_list,
-                                         out_channels=out_channels, extra_blocks=None)
+        self.fpn = FeaturePyramidNetwork(
+            spatial_dims=2, in_channels_list=self.body.in_channels_list, out_channels=out_channels, extra_blocks=None
+        )
         self.out_channels = out_channels  # RetinaNet reads this attribute
 
     def forward(self, image: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
@@ -117,8 +120,9 @@ def default_anchor_sizes(base: float = 2.0) -> list[list[int]]:
     return [[int(round(base * s * 2 ** (k / 3))) for k in range(3)] for s in LEVEL_STRIDES]
 
 
-def build_anchor_generator(sizes: list[list[int]] | None = None,
-                           aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)) -> AnchorGenerator:
+def build_anchor_generator(
+    sizes: list[list[int]] | None = None, aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+) -> AnchorGenerator:
     """MONAI's 2D AnchorGenerator: len(sizes[i]) * len(aspect_ratios) anchors per location of level i."""
     sizes = sizes or default_anchor_sizes()
     if len(sizes) != len(LEVEL_STRIDES):
@@ -129,10 +133,16 @@ def build_anchor_generator(sizes: list[list[int]] | None = None,
 class EncoderRetinaNet(RetinaNet):
     """MONAI's RetinaNet with the EncoderFPN feature extractor; `trainable_parameters()` for the optimiser."""
 
-    def __init__(self, encoder: nn.Module, num_classes: int, num_anchors: int = 9, mode: str = "frozen",
-                 fpn_channels: int = 256):
-        super().__init__(spatial_dims=2, num_classes=num_classes, num_anchors=num_anchors,
-                         feature_extractor=EncoderFPN(encoder, fpn_channels, mode), size_divisible=max(LEVEL_STRIDES))
+    def __init__(
+        self, encoder: nn.Module, num_classes: int, num_anchors: int = 9, mode: str = "frozen", fpn_channels: int = 256
+    ):
+        super().__init__(
+            spatial_dims=2,
+            num_classes=num_classes,
+            num_anchors=num_anchors,
+            feature_extractor=EncoderFPN(encoder, fpn_channels, mode),
+            size_divisible=max(LEVEL_STRIDES),
+        )
         self.mode = mode
 
     def trainable_parameters(self) -> list[nn.Parameter]:

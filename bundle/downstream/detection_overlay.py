@@ -34,8 +34,9 @@ def save_overlay(records: Sequence[dict], path: str | Path, score_thresh: float 
             if score < score_thresh:
                 continue
             shown += 1
-            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="red", linewidth=1.0,
-                                   linestyle="--"))
+            ax.add_patch(
+                Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="red", linewidth=1.0, linestyle="--")
+            )
             ax.text(x1, y1 - 1, f"{name} {score:.2f}", color="red", fontsize=5, va="bottom")
         ax.set_title(f"{rec['id']}: {len(rec['box'])} true, {shown} pred >= {score_thresh:g}", fontsize=7)
     fig.suptitle("green: true boxes; red dashed: predictions", fontsize=8)

@@ -39,8 +39,13 @@ class DetectionBatch:
         images = images.to(device, non_blocking=non_blocking)
         if not self.train and any(self.box_key not in item for item in items):
             return images, None  # inference: no ground truth
-        targets = [{self.box_key: torch.as_tensor(item[self.box_key]).float().to(device),
-                    self.label_key: torch.as_tensor(item[self.label_key]).long().to(device)} for item in items]
+        targets = [
+            {
+                self.box_key: torch.as_tensor(item[self.box_key]).float().to(device),
+                self.label_key: torch.as_tensor(item[self.label_key]).long().to(device),
+            }
+            for item in items
+        ]
         if self.train:
             return images, targets, (targets,), {}
         return images, targets
@@ -54,8 +59,15 @@ class DetectionSaver:
     convention; class names). Under torch.distributed each rank writes predictions_rank<r>.json.
     """
 
-    def __init__(self, output_dir: str, class_names: Sequence[str], overlay_images: int = 8,
-                 overlay_score_thresh: float = 0.3, box_key: str = "box", label_key: str = "label"):
+    def __init__(
+        self,
+        output_dir: str,
+        class_names: Sequence[str],
+        overlay_images: int = 8,
+        overlay_score_thresh: float = 0.3,
+        box_key: str = "box",
+        label_key: str = "label",
+    ):
         self.output_dir, self.class_names = Path(output_dir), list(class_names)
         self.overlay_images, self.overlay_score_thresh = overlay_images, overlay_score_thresh
         self.box_key, self.label_key = box_key, label_key
@@ -73,14 +85,19 @@ class DetectionSaver:
         score_key = self.label_key + "_scores"
         for item, pred in zip(engine.state.batch, engine.state.output["pred"]):
             restored = self.restore({"image": item["image"], "pred_box": pred[self.box_key]})["pred_box_xyxy"]
-            self.records.append({
-                "id": item.get("id"), "image": item["image"].meta.get("filename_or_obj"),
-                "pred_box": [[round(float(v), 2) for v in b] for b in restored.tolist()],
-                "pred_label": [self.class_names[int(c)] for c in pred[self.label_key].tolist()],
-                "pred_score": [round(float(s), 4) for s in pred[score_key].tolist()],
-                "box": torch.as_tensor(item.get("box_xyxy", [])).reshape(-1, 4).tolist(),
-                "box_label": [self.class_names[int(c)] for c in torch.as_tensor(item.get(self.label_key, [])).tolist()],
-            })
+            self.records.append(
+                {
+                    "id": item.get("id"),
+                    "image": item["image"].meta.get("filename_or_obj"),
+                    "pred_box": [[round(float(v), 2) for v in b] for b in restored.tolist()],
+                    "pred_label": [self.class_names[int(c)] for c in pred[self.label_key].tolist()],
+                    "pred_score": [round(float(s), 4) for s in pred[score_key].tolist()],
+                    "box": torch.as_tensor(item.get("box_xyxy", [])).reshape(-1, 4).tolist(),
+                    "box_label": [
+                        self.class_names[int(c)] for c in torch.as_tensor(item.get(self.label_key, [])).tolist()
+                    ],
+                }
+            )
 
     def _write(self, engine: Engine) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -91,6 +108,9 @@ class DetectionSaver:
         if not rank and self.overlay_images > 0:
             from bundle.downstream.detection_overlay import save_overlay
 
-            save_overlay(self.records[: self.overlay_images], self.output_dir / "overlay.png",
-                         score_thresh=self.overlay_score_thresh)
+            save_overlay(
+                self.records[: self.overlay_images],
+                self.output_dir / "overlay.png",
+                score_thresh=self.overlay_score_thresh,
+            )
         logger.info("wrote %d image predictions to %s", len(self.records), os.fspath(self.output_dir / name))

@@ -26,7 +26,7 @@ def cmcgns_encoder_state(path: str | Path) -> dict[str, torch.Tensor]:
     """The image-encoder state dict held by `path` (image_encoder.pt, or model.pt with the prefix stripped)."""
     state = read_state_dict(path)
     if any(k.startswith(PRETRAIN_PREFIX) for k in state):
-        state = {k[len(PRETRAIN_PREFIX):]: v for k, v in state.items() if k.startswith(PRETRAIN_PREFIX)}
+        state = {k[len(PRETRAIN_PREFIX) :]: v for k, v in state.items() if k.startswith(PRETRAIN_PREFIX)}
     return state
 
 
@@ -37,13 +37,21 @@ def load_cmcgns_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
     unexpected = sorted(set(state) - set(expected))
     wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
     if missing or unexpected or wrong:
-        raise ValueError(f"{path}: not an image encoder of this architecture: missing {missing[:5]}, unexpected "
-                         f"{unexpected[:5]}, wrong shape {wrong[:5]} (check encoder_name / image size / in_channels)")
+        raise ValueError(
+            f"{path}: not an image encoder of this architecture: missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}, wrong shape {wrong[:5]} (check encoder_name / image size / in_channels)"
+        )
     encoder.load_state_dict(state)
 
 
-def build_downstream_encoder(source: str = "cmcgns", weights: str | Path | None = None, name: str = "resnet50",
-                             in_channels: int = 1, image_size: int = 224, **encoder_kwargs) -> nn.Module:
+def build_downstream_encoder(
+    source: str = "cmcgns",
+    weights: str | Path | None = None,
+    name: str = "resnet50",
+    in_channels: int = 1,
+    image_size: int = 224,
+    **encoder_kwargs,
+) -> nn.Module:
     """The bundle's image encoder (bundle.networks.image_encoders) initialised from `source` (see module doc)."""
     if source not in ENCODER_SOURCES:
         raise ValueError(f"unknown encoder source {source!r}; choose one of {ENCODER_SOURCES}")

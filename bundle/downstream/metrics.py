@@ -22,9 +22,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class AUROCResult:
-    per_class: dict[str, float]                       # defined classes only
+    per_class: dict[str, float]  # defined classes only
     undefined: dict[str, str] = field(default_factory=dict)  # class -> why ("no positive" / "no negative")
-    macro: float = float("nan")                        # mean over per_class; NaN only when no class is defined
+    macro: float = float("nan")  # mean over per_class; NaN only when no class is defined
 
 
 def _as_matrix(values: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
@@ -107,8 +107,12 @@ class MacroAUROC(_Cumulative):
             engine.state.metrics[f"{name}/{cls}"] = value
         engine.state.metrics[f"{name}_num_undefined"] = len(result.undefined)
         if result.undefined:
-            logger.warning("%s: AUROC undefined for %d class(es), left out of the macro: %s", name,
-                           len(result.undefined), ", ".join(f"{c} ({why})" for c, why in result.undefined.items()))
+            logger.warning(
+                "%s: AUROC undefined for %d class(es), left out of the macro: %s",
+                name,
+                len(result.undefined),
+                ", ".join(f"{c} ({why})" for c, why in result.undefined.items()),
+            )
 
 
 class MultiClassAccuracy(_Cumulative):

@@ -23,8 +23,9 @@ from bundle.engines import distributed as dist_utils
 class PredictionsCSVWriter:
     """Ignite handler for a SupervisedEvaluator (decollated batches with "id", "image" and the output "pred")."""
 
-    def __init__(self, output_dir: str, class_names: Sequence[str], filename: str = "predictions.csv",
-                 precision: int = 6) -> None:
+    def __init__(
+        self, output_dir: str, class_names: Sequence[str], filename: str = "predictions.csv", precision: int = 6
+    ) -> None:
         self.output_dir = output_dir
         self.class_names = [str(n) for n in class_names]
         self.filename = filename

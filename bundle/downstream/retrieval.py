@@ -54,8 +54,14 @@ def embed_split(model: torch.nn.Module, loader: Iterable, device: torch.device |
         chance.append(float(out["local_chance_top1"]))
         ids.extend(batch_ids(kept))
         logger.info("embedded %d pairs (%.1f pairs/s)", len(ids), len(ids) / (time.perf_counter() - start))
-    return {"image": torch.cat(images), "report": torch.cat(reports), "ids": ids, "dropped": dropped,
-            "local_top1": sum(local) / len(local), "local_chance_top1": sum(chance) / len(chance)}
+    return {
+        "image": torch.cat(images),
+        "report": torch.cat(reports),
+        "ids": ids,
+        "dropped": dropped,
+        "local_top1": sum(local) / len(local),
+        "local_chance_top1": sum(chance) / len(chance),
+    }
 
 
 def split_retrieval(embeddings: dict, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:

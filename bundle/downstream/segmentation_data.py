@@ -26,8 +26,16 @@ from collections.abc import Hashable, Mapping, Sequence
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.transforms import (DivisiblePadd, EnsureTyped, MapTransform, RandAffined, RandSpatialCropd, Resized,
-                              ScaleIntensityRanged, SpatialPadd)
+from monai.transforms import (
+    DivisiblePadd,
+    EnsureTyped,
+    MapTransform,
+    RandAffined,
+    RandSpatialCropd,
+    Resized,
+    ScaleIntensityRanged,
+    SpatialPadd,
+)
 
 from bundle.data.image_io import RadiographReadError, load_label_map
 from bundle.data.label_fractions import seeded_order_key
@@ -46,14 +54,15 @@ def mask_class_ids(meta: Mapping) -> dict[str, int]:
     elif meta.get("mask_values"):
         classes = {str(name): int(v) for v, name in meta["mask_values"].items() if int(v) != 0}
     else:
-        classes = {"foreground": 1}   # no description: a plain 0 / 1 mask
+        classes = {"foreground": 1}  # no description: a plain 0 / 1 mask
     if 0 in classes.values():
         raise SegmentationDataError(f"mask classes {classes}: id 0 is the background")
     return dict(sorted(classes.items(), key=lambda kv: kv[1]))
 
 
-def segmentation_channels(meta: Mapping, class_mode: str = "binary",
-                          foreground: Sequence[str] | None = None) -> dict[str, list[int]]:
+def segmentation_channels(
+    meta: Mapping, class_mode: str = "binary", foreground: Sequence[str] | None = None
+) -> dict[str, list[int]]:
     """{channel name: mask ids that make it 1}: one "foreground" channel (binary) or one per class (per_class)."""
     if class_mode not in CLASS_MODES:
         raise ValueError(f"unknown class_mode {class_mode!r}; choose one of {CLASS_MODES}")
@@ -76,8 +85,13 @@ class LoadSegmentationMaskd(MapTransform):
     (the image must be loaded first: its `spatial_shape`), and every value is background or a known class id.
     """
 
-    def __init__(self, channels: Mapping[str, Sequence[int]], allowed_values: Sequence[int], keys="label",
-                 image_key: str = "image") -> None:
+    def __init__(
+        self,
+        channels: Mapping[str, Sequence[int]],
+        allowed_values: Sequence[int],
+        keys="label",
+        image_key: str = "image",
+    ) -> None:
         super().__init__(keys)
         self.channels = {k: [int(i) for i in v] for k, v in channels.items()}
         self.allowed = np.array(sorted({0, *map(int, allowed_values)}))
@@ -100,24 +114,39 @@ class LoadSegmentationMaskd(MapTransform):
             if image is not None:
                 image_shape = tuple(int(s) for s in image.shape[-2:])
                 if tuple(mask.shape) != image_shape:
-                    raise SegmentationDataError(f"item {item}: mask {path} is {mask.shape[0]}x{mask.shape[1]} "
-                                                f"(rows x columns), its image is {image_shape[0]}x{image_shape[1]}")
+                    raise SegmentationDataError(
+                        f"item {item}: mask {path} is {mask.shape[0]}x{mask.shape[1]} "
+                        f"(rows x columns), its image is {image_shape[0]}x{image_shape[1]}"
+                    )
             values = np.unique(mask)
             bad = values[~np.isin(values, self.allowed)]
             if bad.size:
-                raise SegmentationDataError(f"item {item}: mask {path} holds values {bad.tolist()[:10]} that are not "
-                                            f"class ids of this manifest {self.allowed.tolist()} (a 0/255 mask must "
-                                            "be stored as 0/1)")
+                raise SegmentationDataError(
+                    f"item {item}: mask {path} holds values {bad.tolist()[:10]} that are not "
+                    f"class ids of this manifest {self.allowed.tolist()} (a 0/255 mask must "
+                    "be stored as 0/1)"
+                )
             stacked = np.stack([np.isin(mask, ids) for ids in self.channels.values()]).astype(np.float32)
-            d[key] = MetaTensor(torch.from_numpy(stacked),
-                                meta={"filename_or_obj": os.fspath(path), "spatial_shape": np.array(mask.shape)})
+            d[key] = MetaTensor(
+                torch.from_numpy(stacked),
+                meta={"filename_or_obj": os.fspath(path), "spatial_shape": np.array(mask.shape)},
+            )
         return d
 
 
-def segmentation_transforms(keys: Sequence[str] = ("image", "label"), image_size: int = 224, crop_size: int = 224,
-                            train: bool = True, divisible: int = 32, augment: bool = True, aug_prob: float = 0.5,
-                            scale_limit: float = 0.1, rotate_degrees: float = 10.0, shift_limit: float = 0.0,
-                            intensity_range: tuple[float, float] = (-1.0, 1.0)) -> list:
+def segmentation_transforms(
+    keys: Sequence[str] = ("image", "label"),
+    image_size: int = 224,
+    crop_size: int = 224,
+    train: bool = True,
+    divisible: int = 32,
+    augment: bool = True,
+    aug_prob: float = 0.5,
+    scale_limit: float = 0.1,
+    rotate_degrees: float = 10.0,
+    shift_limit: float = 0.0,
+    intensity_range: tuple[float, float] = (-1.0, 1.0),
+) -> list:
     """Spatial and intensity transforms after loading (see the module doc). keys[0] is the image; the others are
     masks (nearest neighbour everywhere). shift_limit is a fraction of the crop side (MGCA: 0)."""
     if crop_size > image_size:
@@ -125,21 +154,33 @@ def segmentation_transforms(keys: Sequence[str] = ("image", "label"), image_size
     keys = list(keys)
     image_key, n_masks = keys[0], len(keys) - 1
     modes_resize = ["area"] + ["nearest"] * n_masks
-    out = [Resized(keys, spatial_size=int(image_size), size_mode="longest", mode=modes_resize),
-           SpatialPadd(keys, spatial_size=(image_size, image_size), method="symmetric", mode="constant")]
+    out = [
+        Resized(keys, spatial_size=int(image_size), size_mode="longest", mode=modes_resize),
+        SpatialPadd(keys, spatial_size=(image_size, image_size), method="symmetric", mode="constant"),
+    ]
     if train:
         out.append(RandSpatialCropd(keys, roi_size=(crop_size, crop_size), random_size=False))
         if augment and aug_prob > 0:
             shift = float(shift_limit) * crop_size
-            out.append(RandAffined(keys, prob=aug_prob, rotate_range=math.radians(rotate_degrees),
-                                   scale_range=(scale_limit, scale_limit),
-                                   translate_range=(shift, shift) if shift else None,
-                                   mode=["bilinear"] + ["nearest"] * n_masks, padding_mode="zeros"))
+            out.append(
+                RandAffined(
+                    keys,
+                    prob=aug_prob,
+                    rotate_range=math.radians(rotate_degrees),
+                    scale_range=(scale_limit, scale_limit),
+                    translate_range=(shift, shift) if shift else None,
+                    mode=["bilinear"] + ["nearest"] * n_masks,
+                    padding_mode="zeros",
+                )
+            )
     elif divisible and divisible > 1:
         out.append(DivisiblePadd(keys, k=int(divisible), method="symmetric", mode="constant"))
-    out += [ScaleIntensityRanged(image_key, a_min=0.0, a_max=1.0, b_min=float(intensity_range[0]),
-                                 b_max=float(intensity_range[1]), clip=True),
-            EnsureTyped(keys, dtype=torch.float32, track_meta=True)]
+    out += [
+        ScaleIntensityRanged(
+            image_key, a_min=0.0, a_max=1.0, b_min=float(intensity_range[0]), b_max=float(intensity_range[1]), clip=True
+        ),
+        EnsureTyped(keys, dtype=torch.float32, track_meta=True),
+    ]
     return out
 
 
@@ -152,8 +193,9 @@ def balance_positives(items: Sequence[dict], seed: int = 0, label_key: str = "la
     machine-independent choice); order of `items` kept. For manifests prepared without balancing."""
     positive = [mask_is_positive(item[label_key]) for item in items]
     n_pos = sum(positive)
-    negatives = sorted((str(it["id"]) for it, p in zip(items, positive) if not p),
-                       key=lambda i: seeded_order_key(seed, i))
+    negatives = sorted(
+        (str(it["id"]) for it, p in zip(items, positive) if not p), key=lambda i: seeded_order_key(seed, i)
+    )
     kept = set(negatives[:n_pos])
     return [it for it, p in zip(items, positive) if p or str(it["id"]) in kept]
 
@@ -162,16 +204,18 @@ def check_training_items(items: Sequence[dict], fraction: float, where: str = "t
     """Fail early, with the reason, on an empty training list or an item without a mask entry."""
     items = list(items)
     if not items:
-        raise SegmentationDataError(f"{where}: no training items for label fraction {fraction} (empty split after "
-                                    "the fraction / balancing)")
+        raise SegmentationDataError(
+            f"{where}: no training items for label fraction {fraction} (empty split after the fraction / balancing)"
+        )
     for item in items:
         if "label" not in item:
             raise SegmentationDataError(f"{where}: item {item.get('id', '?')} has no 'label' (mask path)")
     return items
 
 
-def segmentation_training_items(manifest: str, fraction: float, dataset_dir: str | None = None,
-                                balance: bool = False, seed: int = 0) -> list[dict]:
+def segmentation_training_items(
+    manifest: str, fraction: float, dataset_dir: str | None = None, balance: bool = False, seed: int = 0
+) -> list[dict]:
     """The training items of label fraction `fraction` (manifest meta.fractions), optionally balanced."""
     from bundle.data.label_fractions import load_fraction
 
@@ -191,8 +235,9 @@ def inference_datalist(image_path) -> list[dict]:
     for p in paths:
         p = os.fspath(p) if p is not None else ""
         if p and os.path.isdir(p):
-            names = sorted(n for n in os.listdir(p)
-                           if n.lower().endswith(PIL_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES))
+            names = sorted(
+                n for n in os.listdir(p) if n.lower().endswith(PIL_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES)
+            )
             out += [{"image": os.path.join(p, n)} for n in names]
         elif p and os.path.isfile(p):
             out.append({"image": p})

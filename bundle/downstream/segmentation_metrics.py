@@ -94,10 +94,17 @@ def segmentation_metrics(prefix: str) -> tuple[dict, dict]:
     extra = {
         f"{prefix}_mean_dice": IgniteMetricHandler(
             metric_fn=DiceMetric(include_background=True, reduction="mean", ignore_empty=False),
-            output_transform=transform, save_details=True),
-        f"{prefix}_pooled_dice": ConfusionMatrix(include_background=True, metric_name="f1 score",
-                                                 compute_sample=False, reduction="sum", output_transform=transform,
-                                                 save_details=False),
+            output_transform=transform,
+            save_details=True,
+        ),
+        f"{prefix}_pooled_dice": ConfusionMatrix(
+            include_background=True,
+            metric_name="f1 score",
+            compute_sample=False,
+            reduction="sum",
+            output_transform=transform,
+            save_details=False,
+        ),
     }
     return key, extra
 

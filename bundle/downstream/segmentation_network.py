@@ -25,7 +25,7 @@ from torch import nn
 from bundle.networks.image_encoders import ResNetImageEncoder, ViTImageEncoder, _match_channels
 
 MODES = ("frozen", "fine_tune")
-DEFAULT_DECODER_CHANNELS = (256, 128, 64, 32, 16)   # smp.Unet's default, used by the published code
+DEFAULT_DECODER_CHANNELS = (256, 128, 64, 32, 16)  # smp.Unet's default, used by the published code
 
 
 def resnet_pyramid_channels(encoder: ResNetImageEncoder) -> list[int]:
@@ -57,12 +57,23 @@ class _ResNetUNetDecoder(nn.Module):
         if len(decoder_channels) != 5:
             raise ValueError(f"decoder_channels needs 5 widths (one per decoder block), got {list(decoder_channels)}")
         encoder_channels = [encoder.in_channels] + resnet_pyramid_channels(encoder)
-        self.decoder = UNetDecoder(spatial_dims=2, encoder_channels=encoder_channels,
-                                   decoder_channels=list(decoder_channels), act=("relu", {"inplace": True}),
-                                   norm="batch", dropout=0.0, bias=False, upsample="nontrainable", pre_conv=None,
-                                   interp_mode="nearest", align_corners=None, is_pad=False)
-        self.head = SegmentationHead(spatial_dims=2, in_channels=decoder_channels[-1], out_channels=num_classes,
-                                     kernel_size=3, act=None)
+        self.decoder = UNetDecoder(
+            spatial_dims=2,
+            encoder_channels=encoder_channels,
+            decoder_channels=list(decoder_channels),
+            act=("relu", {"inplace": True}),
+            norm="batch",
+            dropout=0.0,
+            bias=False,
+            upsample="nontrainable",
+            pre_conv=None,
+            interp_mode="nearest",
+            align_corners=None,
+            is_pad=False,
+        )
+        self.head = SegmentationHead(
+            spatial_dims=2, in_channels=decoder_channels[-1], out_channels=num_classes, kernel_size=3, act=None
+        )
 
     def forward(self, image: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
         # UNetDecoder drops features[0] (the input slot) and uses the others as skips, deepest first
@@ -82,22 +93,49 @@ class _ViTUNETRDecoder(nn.Module):
         hidden, fs = encoder.feature_dim, feature_size
         self.skip_indices = vit_skip_indices(len(encoder.backbone.blocks))
         kw = dict(spatial_dims=2, kernel_size=3, norm_name=norm_name)
-        self.encoder1 = UnetrBasicBlock(in_channels=encoder.in_channels, out_channels=fs, stride=1, res_block=True,
-                                        **kw)
-        self.encoder2 = UnetrPrUpBlock(in_channels=hidden, out_channels=fs * 2, num_layer=2, stride=1,
-                                       upsample_kernel_size=2, conv_block=True, res_block=True, **kw)
-        self.encoder3 = UnetrPrUpBlock(in_channels=hidden, out_channels=fs * 4, num_layer=1, stride=1,
-                                       upsample_kernel_size=2, conv_block=True, res_block=True, **kw)
-        self.encoder4 = UnetrPrUpBlock(in_channels=hidden, out_channels=fs * 8, num_layer=0, stride=1,
-                                       upsample_kernel_size=2, conv_block=True, res_block=True, **kw)
-        self.decoder5 = UnetrUpBlock(in_channels=hidden, out_channels=fs * 8, upsample_kernel_size=2, res_block=True,
-                                     **kw)
-        self.decoder4 = UnetrUpBlock(in_channels=fs * 8, out_channels=fs * 4, upsample_kernel_size=2, res_block=True,
-                                     **kw)
-        self.decoder3 = UnetrUpBlock(in_channels=fs * 4, out_channels=fs * 2, upsample_kernel_size=2, res_block=True,
-                                     **kw)
-        self.decoder2 = UnetrUpBlock(in_channels=fs * 2, out_channels=fs, upsample_kernel_size=2, res_block=True,
-                                     **kw)
+        self.encoder1 = UnetrBasicBlock(
+            in_channels=encoder.in_channels, out_channels=fs, stride=1, res_block=True, **kw
+        )
+        self.encoder2 = UnetrPrUpBlock(
+            in_channels=hidden,
+            out_channels=fs * 2,
+            num_layer=2,
+            stride=1,
+            upsample_kernel_size=2,
+            conv_block=True,
+            res_block=True,
+            **kw,
+        )
+        self.encoder3 = UnetrPrUpBlock(
+            in_channels=hidden,
+            out_channels=fs * 4,
+            num_layer=1,
+            stride=1,
+            upsample_kernel_size=2,
+            conv_block=True,
+            res_block=True,
+            **kw,
+        )
+        self.encoder4 = UnetrPrUpBlock(
+            in_channels=hidden,
+            out_channels=fs * 8,
+            num_layer=0,
+            stride=1,
+            upsample_kernel_size=2,
+            conv_block=True,
+            res_block=True,
+            **kw,
+        )
+        self.decoder5 = UnetrUpBlock(
+            in_channels=hidden, out_channels=fs * 8, upsample_kernel_size=2, res_block=True, **kw
+        )
+        self.decoder4 = UnetrUpBlock(
+            in_channels=fs * 8, out_channels=fs * 4, upsample_kernel_size=2, res_block=True, **kw
+        )
+        self.decoder3 = UnetrUpBlock(
+            in_channels=fs * 4, out_channels=fs * 2, upsample_kernel_size=2, res_block=True, **kw
+        )
+        self.decoder2 = UnetrUpBlock(in_channels=fs * 2, out_channels=fs, upsample_kernel_size=2, res_block=True, **kw)
         self.out = UnetOutBlock(spatial_dims=2, in_channels=fs, out_channels=num_classes)
 
     def forward(self, image: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
@@ -112,8 +150,14 @@ class _ViTUNETRDecoder(nn.Module):
 class EncoderUNet(nn.Module):
     """U-Net segmentation network around the bundle's image encoder (see the module doc)."""
 
-    def __init__(self, encoder: nn.Module, num_classes: int = 1, mode: str = "frozen",
-                 decoder_channels=DEFAULT_DECODER_CHANNELS, vit_feature_size: int = 16):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        num_classes: int = 1,
+        mode: str = "frozen",
+        decoder_channels=DEFAULT_DECODER_CHANNELS,
+        vit_feature_size: int = 16,
+    ):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
@@ -144,11 +188,14 @@ class EncoderUNet(nn.Module):
         if self.kind == "vit":
             side = self.encoder.image_size
             if (h, w) != (side, side):
-                raise ValueError(f"the ViT encoder was built for {side}x{side} inputs (fixed position embedding), "
-                                 f"got {h}x{w}")
+                raise ValueError(
+                    f"the ViT encoder was built for {side}x{side} inputs (fixed position embedding), got {h}x{w}"
+                )
         elif h % self.stride or w % self.stride:
-            raise ValueError(f"input {h}x{w}: a ResNet U-Net needs sides that are multiples of {self.stride} "
-                             "(the preprocessing pads to them with DivisiblePadd)")
+            raise ValueError(
+                f"input {h}x{w}: a ResNet U-Net needs sides that are multiples of {self.stride} "
+                "(the preprocessing pads to them with DivisiblePadd)"
+            )
 
     def encoder_features(self, image: torch.Tensor) -> list[torch.Tensor]:
         if self.kind == "resnet":

@@ -24,8 +24,9 @@ def predicted_mask_path(mask_dir: str | Path, image_path: str) -> Path:
     return Path(mask_dir) / f"{name}_seg.png"
 
 
-def write_overlay(items: Sequence[dict], mask_dir: str | Path, out: str | Path, count: int = 4,
-                  title: str = "") -> Path:
+def write_overlay(
+    items: Sequence[dict], mask_dir: str | Path, out: str | Path, count: int = 4, title: str = ""
+) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -39,9 +40,11 @@ def write_overlay(items: Sequence[dict], mask_dir: str | Path, out: str | Path, 
         truth = load_label_map(item["label"]) > 0
         pred = load_label_map(predicted_mask_path(mask_dir, item["image"])) > 0
         dice = 2 * (truth & pred).sum() / max(truth.sum() + pred.sum(), 1) if truth.any() or pred.any() else 1.0
-        for ax, mask, name, colour in ((row[0], None, f"{item['id']}", None),
-                                       (row[1], truth, "ground truth", (0.1, 0.9, 0.1)),
-                                       (row[2], pred, f"prediction (Dice {dice:.2f})", (1.0, 0.2, 0.2))):
+        for ax, mask, name, colour in (
+            (row[0], None, f"{item['id']}", None),
+            (row[1], truth, "ground truth", (0.1, 0.9, 0.1)),
+            (row[2], pred, f"prediction (Dice {dice:.2f})", (1.0, 0.2, 0.2)),
+        ):
             ax.imshow(image, cmap="gray", vmin=0, vmax=1)
             if mask is not None:
                 rgba = np.zeros(mask.shape + (4,))

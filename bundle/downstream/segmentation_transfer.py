@@ -26,12 +26,15 @@ from bundle.downstream.encoder_loading import parse_encoder
 logger = logging.getLogger("evaluate_transfer.segmentation")
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = [str(ROOT / "configs" / "common.yaml"), str(ROOT / "configs" / "segmentation.yaml")]
-METRICS = (("mgca_dice", "MGCA Dice (per image, batch means)"), ("mean_dice", "mean per-image Dice (MONAI DiceMetric)"),
-           ("pooled_dice", "pooled Dice (all pixels)"))
+METRICS = (
+    ("mgca_dice", "MGCA Dice (per image, batch means)"),
+    ("mean_dice", "mean per-image Dice (MONAI DiceMetric)"),
+    ("pooled_dice", "pooled Dice (all pixels)"),
+)
 
 
 def parse_fraction_epochs(spec: str | None) -> dict[float, int]:
-    """"0.01:40,0.1:12,1.0:4" -> {0.01: 40, 0.1: 12, 1.0: 4}."""
+    """ "0.01:40,0.1:12,1.0:4" -> {0.01: 40, 0.1: 12, 1.0: 4}."""
     out = {}
     for part in filter(None, (spec or "").split(",")):
         fraction, _, epochs = part.partition(":")
@@ -40,14 +43,21 @@ def parse_fraction_epochs(spec: str | None) -> dict[float, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="evaluate_transfer.py --task segmentation", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="evaluate_transfer.py --task segmentation",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--task", default="segmentation", choices=("segmentation",))
     p.add_argument("--dataset_dir", required=True)
     p.add_argument("--dataset", default=None, help="name in the output files (default: the folder name)")
     p.add_argument("--manifest", default=None, help="default: DATASET_DIR/manifests/segmentation.json")
-    p.add_argument("--encoder", action="append", required=True,
-                   help="label=source[:weights], source cmcgns|imagenet|random (repeat for several)")
+    p.add_argument(
+        "--encoder",
+        action="append",
+        required=True,
+        help="label=source[:weights], source cmcgns|imagenet|random (repeat for several)",
+    )
     p.add_argument("--encoder_name", default="resnet50")
     p.add_argument("--encoder_image_size", type=int, default=None, help="the pretraining crop size")
     p.add_argument("--image_size", type=int, default=None)
@@ -77,15 +87,28 @@ def build_parser() -> argparse.ArgumentParser:
 def config_parser(args, **overrides) -> ConfigParser:
     parser = ConfigParser()
     parser.read_config(CONFIGS + list(args.config))
-    settings = {"bundle_root": str(ROOT), "dataset_dir": args.dataset_dir, "encoder_name": args.encoder_name,
-                "mode": args.mode, "class_mode": args.class_mode, "num_workers": args.num_workers,
-                "device": "cuda:0" if torch.cuda.is_available() else "cpu"}
-    optional = {"manifest": args.manifest, "image_size": args.image_size, "crop_size": args.crop_size,
-                "encoder_image_size": args.encoder_image_size, "learning_rate": args.lr,
-                "max_epochs": args.max_epochs, "early_stop_patience": args.patience,
-                "val_interval": args.val_interval, "batch_size": args.batch_size,
-                "val_batch_size": args.val_batch_size,
-                "decoder_channels": list(args.decoder_channels) if args.decoder_channels else None}
+    settings = {
+        "bundle_root": str(ROOT),
+        "dataset_dir": args.dataset_dir,
+        "encoder_name": args.encoder_name,
+        "mode": args.mode,
+        "class_mode": args.class_mode,
+        "num_workers": args.num_workers,
+        "device": "cuda:0" if torch.cuda.is_available() else "cpu",
+    }
+    optional = {
+        "manifest": args.manifest,
+        "image_size": args.image_size,
+        "crop_size": args.crop_size,
+        "encoder_image_size": args.encoder_image_size,
+        "learning_rate": args.lr,
+        "max_epochs": args.max_epochs,
+        "early_stop_patience": args.patience,
+        "val_interval": args.val_interval,
+        "batch_size": args.batch_size,
+        "val_batch_size": args.val_batch_size,
+        "decoder_channels": list(args.decoder_channels) if args.decoder_channels else None,
+    }
     settings.update({k: v for k, v in optional.items() if v is not None})
     settings.update(overrides)
     for key, value in settings.items():
@@ -95,27 +118,35 @@ def config_parser(args, **overrides) -> ConfigParser:
 
 def run_cell(args, label: str, source: str, weights: str | None, fraction: float, seed: int) -> dict:
     out = Path(args.work_dir) / f"{label}_{fraction_key(fraction)}_seed{seed}"
-    overrides = dict(encoder_source=source, encoder_weights=weights or "", data_fraction=fraction, seed=seed,
-                     output_dir=str(out))
+    overrides = dict(
+        encoder_source=source, encoder_weights=weights or "", data_fraction=fraction, seed=seed, output_dir=str(out)
+    )
     epochs = parse_fraction_epochs(args.fraction_epochs).get(float(fraction))
     if epochs:
         overrides["max_epochs"] = epochs
     parser = config_parser(args, **overrides)
     start = time.perf_counter()
-    parser.get_parsed_content("initialize")   # set_determinism(seed); early stopping -> trainer
+    parser.get_parsed_content("initialize")  # set_determinism(seed); early stopping -> trainer
     trainer = parser.get_parsed_content("train#trainer")
     trainer.run()
     validator = parser.get_parsed_content("validate#evaluator")
     evaluator = parser.get_parsed_content("test#evaluator")
     evaluator.run()
     metrics = evaluator.state.metrics
-    return {"encoder": label, "fraction": fraction, "seed": seed, "output_dir": str(out),
-            "n_train": len(parser.get_parsed_content("train#datalist")),
-            **{f"test_{k}": float(metrics[f"test_{k}"]) for k, _ in METRICS},
-            "best_val": float(validator.state.best_metric), "best_epoch": int(validator.state.best_metric_epoch),
-            "epochs_run": int(trainer.state.epoch), "seconds": time.perf_counter() - start,
-            "test_items": parser.get_parsed_content("test#datalist"),
-            "mask_dir": str(parser.get_parsed_content("test_dir")) + "/masks"}
+    return {
+        "encoder": label,
+        "fraction": fraction,
+        "seed": seed,
+        "output_dir": str(out),
+        "n_train": len(parser.get_parsed_content("train#datalist")),
+        **{f"test_{k}": float(metrics[f"test_{k}"]) for k, _ in METRICS},
+        "best_val": float(validator.state.best_metric),
+        "best_epoch": int(validator.state.best_metric_epoch),
+        "epochs_run": int(trainer.state.epoch),
+        "seconds": time.perf_counter() - start,
+        "test_items": parser.get_parsed_content("test#datalist"),
+        "mask_dir": str(parser.get_parsed_content("test_dir")) + "/masks",
+    }
 
 
 def mean_spread(values: list[float]) -> str:
@@ -147,33 +178,51 @@ def write_report(args, rows: list[dict], seconds: float) -> tuple[Path, Path]:
     encoders = list(dict.fromkeys(r["encoder"] for r in rows))
     header = "| encoder | " + " | ".join(f"{float(f) * 100:g}% labels" for f in args.fractions) + " |"
     rule = "|" + "---|" * (len(args.fractions) + 1)
-    lines = [f"# {args.dataset}: downstream segmentation ({'frozen encoder' if args.mode == 'frozen' else 'fine-tuning'})",
-             "", f"U-Net decoder over the {args.encoder_name} encoder ({args.class_mode} masks), configs/segmentation.yaml "
-             f"for every run; mean ± sample standard deviation over seeds {args.seeds}; label fractions from the "
-             "manifest's nested subsets (the same subset for every seed: the spread is training randomness only). "
-             "Test split, best checkpoint by validation MGCA Dice.", ""]
+    lines = [
+        f"# {args.dataset}: downstream segmentation ({'frozen encoder' if args.mode == 'frozen' else 'fine-tuning'})",
+        "",
+        f"U-Net decoder over the {args.encoder_name} encoder ({args.class_mode} masks), configs/segmentation.yaml "
+        f"for every run; mean ± sample standard deviation over seeds {args.seeds}; label fractions from the "
+        "manifest's nested subsets (the same subset for every seed: the spread is training randomness only). "
+        "Test split, best checkpoint by validation MGCA Dice.",
+        "",
+    ]
     for key, title in METRICS:
         lines += [f"Test {title}:", "", header, rule]
         for enc in encoders:
-            cells = [mean_spread([r[f"test_{key}"] for r in rows if r["encoder"] == enc and r["fraction"] == f])
-                     for f in args.fractions]
+            cells = [
+                mean_spread([r[f"test_{key}"] for r in rows if r["encoder"] == enc and r["fraction"] == f])
+                for f in args.fractions
+            ]
             lines.append(f"| {enc} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += ["MGCA Dice: per image at threshold 0.5 (an empty ground truth scores 1 if the prediction is empty, else 0), "
-              "averaged over each batch, then over batches (MGCA's definition; the paper tables). Mean per-image "
-              "Dice: the same per-image values averaged over images. Pooled: 2 TP / (2 TP + FP + FN) over all "
-              "test pixels.", "", "Runs:", "",
-              "| encoder | fraction | seed | training images | MGCA Dice | mean Dice | pooled Dice | best val | "
-              "best epoch | epochs | seconds |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "MGCA Dice: per image at threshold 0.5 (an empty ground truth scores 1 if the prediction is empty, else 0), "
+        "averaged over each batch, then over batches (MGCA's definition; the paper tables). Mean per-image "
+        "Dice: the same per-image values averaged over images. Pooled: 2 TP / (2 TP + FP + FN) over all "
+        "test pixels.",
+        "",
+        "Runs:",
+        "",
+        "| encoder | fraction | seed | training images | MGCA Dice | mean Dice | pooled Dice | best val | "
+        "best epoch | epochs | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['encoder']} | {r['fraction']} | {r['seed']} | {r['n_train']} | {r['test_mgca_dice']:.4f} | "
-                     f"{r['test_mean_dice']:.4f} | {r['test_pooled_dice']:.4f} | {r['best_val']:.4f} | "
-                     f"{r['best_epoch']} | {r['epochs_run']} | {r['seconds']:.0f} |")
+        lines.append(
+            f"| {r['encoder']} | {r['fraction']} | {r['seed']} | {r['n_train']} | {r['test_mgca_dice']:.4f} | "
+            f"{r['test_mean_dice']:.4f} | {r['test_pooled_dice']:.4f} | {r['best_val']:.4f} | "
+            f"{r['best_epoch']} | {r['epochs_run']} | {r['seconds']:.0f} |"
+        )
     if args.note:
         lines += ["", args.note]
-    lines += ["", f"Command: `python scripts/evaluate_transfer.py {shlex.join(command_args(args.argv))}`; "
-              f"{seconds / 60:.1f} min on {torch.get_num_threads()} CPU thread(s)"
-              f"{' + GPU' if torch.cuda.is_available() else ''}.", ""]
+    lines += [
+        "",
+        f"Command: `python scripts/evaluate_transfer.py {shlex.join(command_args(args.argv))}`; "
+        f"{seconds / 60:.1f} min on {torch.get_num_threads()} CPU thread(s)"
+        f"{' + GPU' if torch.cuda.is_available() else ''}.",
+        "",
+    ]
     md.write_text("\n".join(lines), encoding="utf-8")
 
     import matplotlib
@@ -186,8 +235,11 @@ def write_report(args, rows: list[dict], seconds: float) -> tuple[Path, Path]:
         for enc in encoders:
             means, stds = [], []
             for f in args.fractions:
-                vals = [r[f"test_{key}"] for r in rows if r["encoder"] == enc and r["fraction"] == f
-                        and not math.isnan(r[f"test_{key}"])]
+                vals = [
+                    r[f"test_{key}"]
+                    for r in rows
+                    if r["encoder"] == enc and r["fraction"] == f and not math.isnan(r[f"test_{key}"])
+                ]
                 means.append(statistics.mean(vals) if vals else float("nan"))
                 stds.append(statistics.stdev(vals) if len(vals) > 1 else 0.0)
             ax.errorbar([float(f) * 100 for f in args.fractions], means, yerr=stds, marker="o", capsize=3, label=enc)
@@ -220,20 +272,36 @@ def main(argv: list[str]) -> int:
                 rows.append(run_cell(args, label, source, weights, fraction, seed))
                 write_report(args, rows, time.perf_counter() - start)
                 elapsed = time.perf_counter() - start
-                logger.info("[%d/%d] %s fraction %s seed %d: test MGCA Dice %.4f, mean %.4f, pooled %.4f (%.0f s, "
-                            "ETA %.0f s)", len(rows), cells, label, fraction, seed, rows[-1]["test_mgca_dice"],
-                            rows[-1]["test_mean_dice"], rows[-1]["test_pooled_dice"], elapsed,
-                            elapsed / len(rows) * (cells - len(rows)))
+                logger.info(
+                    "[%d/%d] %s fraction %s seed %d: test MGCA Dice %.4f, mean %.4f, pooled %.4f (%.0f s, ETA %.0f s)",
+                    len(rows),
+                    cells,
+                    label,
+                    fraction,
+                    seed,
+                    rows[-1]["test_mgca_dice"],
+                    rows[-1]["test_mean_dice"],
+                    rows[-1]["test_pooled_dice"],
+                    elapsed,
+                    elapsed / len(rows) * (cells - len(rows)),
+                )
     md, png = write_report(args, rows, time.perf_counter() - start)
     if args.overlay_count > 0:
         from bundle.downstream.segmentation_overlay import write_overlay
 
         # the first encoder's run on the most labels, first seed
-        best = next(r for r in rows if r["encoder"] == encoders[0][0] and r["fraction"] == max(args.fractions)
-                    and r["seed"] == args.seeds[0])
-        overlay = write_overlay(best["test_items"], best["mask_dir"], Path(args.results_dir) /
-                                f"{args.dataset}_segmentation_overlay.png", args.overlay_count,
-                                title=f"{best['encoder']}, {float(best['fraction']) * 100:g}% labels, seed {best['seed']}")
+        best = next(
+            r
+            for r in rows
+            if r["encoder"] == encoders[0][0] and r["fraction"] == max(args.fractions) and r["seed"] == args.seeds[0]
+        )
+        overlay = write_overlay(
+            best["test_items"],
+            best["mask_dir"],
+            Path(args.results_dir) / f"{args.dataset}_segmentation_overlay.png",
+            args.overlay_count,
+            title=f"{best['encoder']}, {float(best['fraction']) * 100:g}% labels, seed {best['seed']}",
+        )
         logger.info("wrote %s", overlay)
     logger.info("wrote %s and %s (%.1f min)", md, png, (time.perf_counter() - start) / 60)
     return 0

@@ -42,8 +42,12 @@ class ClassificationLabeld(MapTransform):
             value = d[key]
             where = f"item {d.get('id', '?')}: {key} {value!r}"
             if self.task == "multiclass":
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value \
-                        or not 0 <= int(value) < self.num_classes:
+                if (
+                    isinstance(value, bool)
+                    or not isinstance(value, (int, float))
+                    or int(value) != value
+                    or not 0 <= int(value) < self.num_classes
+                ):
                     raise ValueError(f"{where} is not a class index in [0, {self.num_classes})")
                 d[key] = torch.tensor(int(value), dtype=torch.long)
             else:
@@ -77,8 +81,9 @@ def classification_metrics(task: str, class_names: Sequence[str], prefix: str) -
     transform = from_engine(["pred", "label"])
     auroc = MacroAUROC(class_names=class_names, output_transform=transform)
     if task == "multiclass":
-        return {key_metric_name(task, prefix): MultiClassAccuracy(output_transform=transform)}, \
-            {f"{prefix}_auroc": auroc}
+        return {key_metric_name(task, prefix): MultiClassAccuracy(output_transform=transform)}, {
+            f"{prefix}_auroc": auroc
+        }
     return {key_metric_name(task, prefix): auroc}, {}
 
 

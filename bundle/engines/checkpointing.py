@@ -85,8 +85,10 @@ def load_checkpoint_file(path: str, what: str = "checkpoint"):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, pickle with non-tensor objects, ...: torch raises many types
-        raise ResumeCheckpointError(f"{what} {path} cannot be read ({type(e).__name__}: {e}); it may be truncated "
-                                    "by a killed run or not a checkpoint of this bundle") from e
+        raise ResumeCheckpointError(
+            f"{what} {path} cannot be read ({type(e).__name__}: {e}); it may be truncated "
+            "by a killed run or not a checkpoint of this bundle"
+        ) from e
 
 
 class AtomicDiskSaver(BaseSaveHandler):
@@ -138,8 +140,13 @@ class AtomicCheckpointSaver(CheckpointSaver):
         except (TypeError, ValueError):
             finite = True  # not a scalar: MONAI's own handling (a warning, no save)
         if not finite:
-            logger.warning("epoch %s: key metric %s is %s; not a candidate for the best checkpoint in %s",
-                           engine.state.epoch, name, value, self.save_dir)
+            logger.warning(
+                "epoch %s: key metric %s is %s; not a candidate for the best checkpoint in %s",
+                engine.state.epoch,
+                name,
+                value,
+                self.save_dir,
+            )
             return
         super().metrics_completed(engine)
 
@@ -149,8 +156,9 @@ class RunSettings:
     (iteration counts and the learning-rate schedule would silently mean something else)."""
 
     def __init__(self, **settings) -> None:
-        self.settings = {k: (v if isinstance(v, (bool, int, float, str)) or v is None else str(v))
-                         for k, v in settings.items()}
+        self.settings = {
+            k: (v if isinstance(v, (bool, int, float, str)) or v is None else str(v)) for k, v in settings.items()
+        }
 
     def state_dict(self) -> dict:
         return dict(self.settings)
@@ -159,8 +167,10 @@ class RunSettings:
         differ = {k: (state[k], v) for k, v in self.settings.items() if k in state and state[k] != v}
         if differ:
             shown = ", ".join(f"{k}: {old!r} in the checkpoint, {new!r} now" for k, (old, new) in differ.items())
-            raise ResumeCheckpointError(f"cannot resume with other run settings ({shown}); resume with the "
-                                        "checkpoint's values or start a new run in another ckpt_dir")
+            raise ResumeCheckpointError(
+                f"cannot resume with other run settings ({shown}); resume with the "
+                "checkpoint's values or start a new run in another ckpt_dir"
+            )
 
 
 def _state_dict_of(obj):
@@ -192,8 +202,14 @@ class ResumeCheckpointSaver:
             trainer from inside the trainer's own handler list).
     """
 
-    def __init__(self, save_dir: str, save_dict: dict, filename: str = "last.pt", every_n_iterations: int = 0,
-                 engine_key: str | None = "trainer") -> None:
+    def __init__(
+        self,
+        save_dir: str,
+        save_dict: dict,
+        filename: str = "last.pt",
+        every_n_iterations: int = 0,
+        engine_key: str | None = "trainer",
+    ) -> None:
         if not save_dict:
             raise ValueError("ResumeCheckpointSaver needs a non-empty save_dict")
         self.save_dir = save_dir
@@ -226,8 +242,12 @@ class ResumeCheckpointSaver:
         state = {name: _state_dict_of(obj) for name, obj in self.save_dict.items()}
         if dist_utils.is_main_process():
             atomic_torch_save(state, self.path)
-            logger.info("saved resumable checkpoint %s (epoch %d, iteration %d)", self.path, engine.state.epoch,
-                        engine.state.iteration)
+            logger.info(
+                "saved resumable checkpoint %s (epoch %d, iteration %d)",
+                self.path,
+                engine.state.epoch,
+                engine.state.iteration,
+            )
 
 
 class ResumeCheckpointLoader(CheckpointLoader):
@@ -238,8 +258,14 @@ class ResumeCheckpointLoader(CheckpointLoader):
     otherwise silently adopt the old epoch length. Entries named in `optional_keys` may be absent from older files.
     """
 
-    def __init__(self, load_path: str, load_dict: dict, engine_key: str | None = "trainer",
-                 optional_keys: tuple[str, ...] = ("run_settings",), **kwargs) -> None:
+    def __init__(
+        self,
+        load_path: str,
+        load_dict: dict,
+        engine_key: str | None = "trainer",
+        optional_keys: tuple[str, ...] = ("run_settings",),
+        **kwargs,
+    ) -> None:
         super().__init__(load_path=load_path, load_dict=dict(load_dict), **kwargs)
         self.engine_key = engine_key
         self.optional_keys = tuple(optional_keys)
@@ -256,20 +282,25 @@ class ResumeCheckpointLoader(CheckpointLoader):
         load_dict = {k: v for k, v in self.load_dict.items() if k in checkpoint or k not in self.optional_keys}
         missing = sorted(set(load_dict) - set(checkpoint))
         if missing:
-            raise ResumeCheckpointError(f"resume checkpoint {self.load_path} lacks {missing} (it holds "
-                                        f"{sorted(checkpoint)}): not a last.pt of this workflow")
+            raise ResumeCheckpointError(
+                f"resume checkpoint {self.load_path} lacks {missing} (it holds "
+                f"{sorted(checkpoint)}): not a last.pt of this workflow"
+            )
         saved = checkpoint.get(self.engine_key, {}).get("epoch_length") if self.engine_key else None
         current = engine.state.epoch_length
         if saved and current and int(saved) != int(current):
             raise ResumeCheckpointError(
                 f"resume checkpoint {self.load_path} was written with {saved} iterations per epoch, this run has "
                 f"{current}: batch_size, the number of processes or the training split changed. Resume with the "
-                "same settings, or start a new run in another ckpt_dir")
+                "same settings, or start a new run in another ckpt_dir"
+            )
         prior_max_epochs = engine.state.max_epochs
         Checkpoint.load_objects(to_load=load_dict, checkpoint=checkpoint, strict=self.strict)
         if prior_max_epochs is not None and engine.state.epoch > prior_max_epochs:
-            raise ResumeCheckpointError(f"resume checkpoint {self.load_path} is at epoch {engine.state.epoch}, "
-                                        f"beyond this run's {prior_max_epochs} epochs")
+            raise ResumeCheckpointError(
+                f"resume checkpoint {self.load_path} is at epoch {engine.state.epoch}, "
+                f"beyond this run's {prior_max_epochs} epochs"
+            )
         engine.state.max_epochs = prior_max_epochs
         logger.info("restored all variables from %s", self.load_path)
 
@@ -289,12 +320,27 @@ class StageBestCheckpointSaver(AtomicCheckpointSaver):
     state_dict()/load_state_dict() carry the best-value tracking across resume.
     """
 
-    def __init__(self, stage: int, stage_source, save_dir: str, save_dict: dict, key_metric_name: str = "val_loss",
-                 filename: str | None = None, lower_is_better: bool = True, name: str | None = None) -> None:
-        super().__init__(save_dir=save_dir, save_dict=save_dict, name=name, save_key_metric=True,
-                         key_metric_name=key_metric_name, key_metric_n_saved=1,
-                         key_metric_filename=filename or f"stage{stage}_best.pt",
-                         key_metric_negative_sign=lower_is_better)
+    def __init__(
+        self,
+        stage: int,
+        stage_source,
+        save_dir: str,
+        save_dict: dict,
+        key_metric_name: str = "val_loss",
+        filename: str | None = None,
+        lower_is_better: bool = True,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(
+            save_dir=save_dir,
+            save_dict=save_dict,
+            name=name,
+            save_key_metric=True,
+            key_metric_name=key_metric_name,
+            key_metric_n_saved=1,
+            key_metric_filename=filename or f"stage{stage}_best.pt",
+            key_metric_negative_sign=lower_is_better,
+        )
         self.stage = int(stage)
         self.stage_source = stage_source
         self.lower_is_better = lower_is_better
@@ -327,9 +373,15 @@ class EncoderExportHandler:
     live model. Both files are plain state dicts loadable with `torch.load(..., weights_only=True)`.
     """
 
-    def __init__(self, network: torch.nn.Module, save_dir: str, source_checkpoint: str | None = None,
-                 model_filename: str = "model.pt", encoder_filename: str = "image_encoder.pt",
-                 encoder_attribute: str = "image_encoder") -> None:
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        save_dir: str,
+        source_checkpoint: str | None = None,
+        model_filename: str = "model.pt",
+        encoder_filename: str = "image_encoder.pt",
+        encoder_attribute: str = "image_encoder",
+    ) -> None:
         self.network = network
         self.save_dir = save_dir
         self.source_checkpoint = source_checkpoint
@@ -355,16 +407,24 @@ class EncoderExportHandler:
             state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
             source = "the current weights"
         prefix = self.encoder_attribute + "."
-        encoder_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        encoder_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         expected = set(getattr(model, self.encoder_attribute).state_dict())
         if set(encoder_state) != expected:
-            raise RuntimeError(f"export: {source} does not hold the image encoder's keys "
-                               f"(missing {sorted(expected - set(encoder_state))[:5]}, "
-                               f"unexpected {sorted(set(encoder_state) - expected)[:5]})")
-        paths = {"model": os.path.join(self.save_dir, self.model_filename),
-                 "image_encoder": os.path.join(self.save_dir, self.encoder_filename)}
+            raise RuntimeError(
+                f"export: {source} does not hold the image encoder's keys "
+                f"(missing {sorted(expected - set(encoder_state))[:5]}, "
+                f"unexpected {sorted(set(encoder_state) - expected)[:5]})"
+            )
+        paths = {
+            "model": os.path.join(self.save_dir, self.model_filename),
+            "image_encoder": os.path.join(self.save_dir, self.encoder_filename),
+        }
         atomic_torch_save(state, paths["model"])
         atomic_torch_save(encoder_state, paths["image_encoder"])
-        logger.info("exported the pretraining model to %s and the image encoder to %s (weights from %s)",
-                    paths["model"], paths["image_encoder"], source)
+        logger.info(
+            "exported the pretraining model to %s and the image encoder to %s (weights from %s)",
+            paths["model"],
+            paths["image_encoder"],
+            source,
+        )
         return paths

@@ -24,8 +24,12 @@ class CollapseMonitor:
     """Args: evaluator (optional, its `val_diag_*` metrics are checked after each validation), std_threshold,
     within_threshold (see bundle/losses/diagnostics.collapse_findings)."""
 
-    def __init__(self, evaluator=None, std_threshold: float = COLLAPSE_STD_RATIO,
-                 within_threshold: float = COLLAPSE_WITHIN_COSINE) -> None:
+    def __init__(
+        self,
+        evaluator=None,
+        std_threshold: float = COLLAPSE_STD_RATIO,
+        within_threshold: float = COLLAPSE_WITHIN_COSINE,
+    ) -> None:
         self.evaluator = evaluator
         self.std_threshold, self.within_threshold = std_threshold, within_threshold
         self._sums: dict[str, float] = {}
@@ -66,8 +70,11 @@ class CollapseMonitor:
         self._warn("training", engine.state.epoch, findings)
 
     def _report_validation(self, trainer, evaluator) -> None:
-        metrics = {k[len("val_"):]: v for k, v in evaluator.state.metrics.items()
-                   if k.startswith("val_diag_") and isinstance(v, (int, float)) and math.isfinite(v)}
+        metrics = {
+            k[len("val_") :]: v
+            for k, v in evaluator.state.metrics.items()
+            if k.startswith("val_diag_") and isinstance(v, (int, float)) and math.isfinite(v)
+        }
         findings = collapse_findings(metrics, self.std_threshold, self.within_threshold)
         evaluator.state.collapse_findings = findings
         self._warn("validation", trainer.state.epoch, findings)

@@ -13,8 +13,10 @@ import re
 
 BUNDLE_ERROR = re.compile(r"^(bundle\.[\w.]+(?:Error|Exception)): (.*)$")
 EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit)\b.*$")
-CHAIN_LINES = ("The above exception was the direct cause of the following exception:",
-               "During handling of the above exception, another exception occurred:")
+CHAIN_LINES = (
+    "The above exception was the direct cause of the following exception:",
+    "During handling of the above exception, another exception occurred:",
+)
 
 
 class TracebackFilter:

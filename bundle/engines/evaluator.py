@@ -32,11 +32,17 @@ logger = logging.getLogger(__name__)
 
 # metric name -> key of the evaluator's iteration output
 VALIDATION_METRICS = {
-    "val_loss": "loss", "val_loss_img": "loss_img", "val_loss_report": "loss_report",
-    "val_loss_global": "loss_global", "val_loss_recon": "loss_recon",
-    "val_i2t_top1": "acc_i2t_top1", "val_i2t_top5": "acc_i2t_top5",
-    "val_t2i_top1": "acc_t2i_top1", "val_t2i_top5": "acc_t2i_top5",
-    "val_chance_top1": "chance_top1", "val_chance_top5": "chance_top5",
+    "val_loss": "loss",
+    "val_loss_img": "loss_img",
+    "val_loss_report": "loss_report",
+    "val_loss_global": "loss_global",
+    "val_loss_recon": "loss_recon",
+    "val_i2t_top1": "acc_i2t_top1",
+    "val_i2t_top5": "acc_i2t_top5",
+    "val_t2i_top1": "acc_t2i_top1",
+    "val_t2i_top5": "acc_t2i_top5",
+    "val_chance_top1": "chance_top1",
+    "val_chance_top5": "chance_top5",
     "val_centroid_usage": "centroid_usage",
     **{f"val_{key}": key for key in DIAGNOSTIC_KEYS},
 }
@@ -78,7 +84,9 @@ class BatchMean(Metric):
         return float(self._sum / self._num)
 
 
-def pretrain_validation_metrics(names: Sequence[str] | None = None, exclude: Sequence[str] = ()) -> dict[str, BatchMean]:
+def pretrain_validation_metrics(
+    names: Sequence[str] | None = None, exclude: Sequence[str] = ()
+) -> dict[str, BatchMean]:
     """Ignite metrics for the evaluator: name -> BatchMean (all of VALIDATION_METRICS by default, minus `exclude`)."""
     names = [n for n in (VALIDATION_METRICS if names is None else names) if n not in exclude]
     unknown = [n for n in names if n not in VALIDATION_METRICS]
@@ -98,16 +106,38 @@ class CMCGNSEvaluator(Evaluator):
         amp, amp_dtype: mixed precision on CUDA.
     """
 
-    def __init__(self, device: str | torch.device, val_data_loader: Iterable, network: torch.nn.Module,
-                 epoch_length: int | None = None, non_blocking: bool = False, inferer: Inferer | None = None,
-                 key_val_metric: dict | None = None, additional_metrics: dict | None = None,
-                 metric_cmp_fn: Callable = lower_is_better, val_handlers: Sequence | None = None, amp: bool = False,
-                 amp_dtype: str | torch.dtype = "bfloat16", mode: str = "eval", decollate: bool = False,
-                 to_kwargs: dict | None = None) -> None:
-        super().__init__(device=device, val_data_loader=val_data_loader, epoch_length=epoch_length,
-                         non_blocking=non_blocking, key_val_metric=key_val_metric,
-                         additional_metrics=additional_metrics, metric_cmp_fn=metric_cmp_fn,
-                         val_handlers=val_handlers, amp=amp, mode=mode, decollate=decollate, to_kwargs=to_kwargs)
+    def __init__(
+        self,
+        device: str | torch.device,
+        val_data_loader: Iterable,
+        network: torch.nn.Module,
+        epoch_length: int | None = None,
+        non_blocking: bool = False,
+        inferer: Inferer | None = None,
+        key_val_metric: dict | None = None,
+        additional_metrics: dict | None = None,
+        metric_cmp_fn: Callable = lower_is_better,
+        val_handlers: Sequence | None = None,
+        amp: bool = False,
+        amp_dtype: str | torch.dtype = "bfloat16",
+        mode: str = "eval",
+        decollate: bool = False,
+        to_kwargs: dict | None = None,
+    ) -> None:
+        super().__init__(
+            device=device,
+            val_data_loader=val_data_loader,
+            epoch_length=epoch_length,
+            non_blocking=non_blocking,
+            key_val_metric=key_val_metric,
+            additional_metrics=additional_metrics,
+            metric_cmp_fn=metric_cmp_fn,
+            val_handlers=val_handlers,
+            amp=amp,
+            mode=mode,
+            decollate=decollate,
+            to_kwargs=to_kwargs,
+        )
         self.network = network
         self.inferer = SimpleInferer() if inferer is None else inferer
         self.amp_dtype = resolve_amp_dtype(amp_dtype)

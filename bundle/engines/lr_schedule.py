@@ -14,8 +14,9 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 
-def warmup_cosine_lr(step: int, total_steps: int, warmup_steps: int, base_lr: float, warmup_start_lr: float,
-                     end_lr: float = 0.0) -> float:
+def warmup_cosine_lr(
+    step: int, total_steps: int, warmup_steps: int, base_lr: float, warmup_start_lr: float, end_lr: float = 0.0
+) -> float:
     """Learning rate at `step` (0-based, steps already taken within the stage) of one warm-up + cosine stage."""
     warmup_steps = min(max(int(warmup_steps), 0), int(total_steps))
     if step < warmup_steps:
@@ -38,9 +39,17 @@ class StagedWarmupCosineLR(LRScheduler):
         end_lr: learning rate reached at the end of each stage's cosine.
     """
 
-    def __init__(self, optimizer: Optimizer, steps_per_epoch: int, stage_epochs: Sequence[int],
-                 base_lrs: Sequence[float], warmup_epochs: float | Sequence[float] = 1.0,
-                 warmup_start_lr: float | Sequence[float] = 1e-7, end_lr: float = 0.0, last_epoch: int = -1) -> None:
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        steps_per_epoch: int,
+        stage_epochs: Sequence[int],
+        base_lrs: Sequence[float],
+        warmup_epochs: float | Sequence[float] = 1.0,
+        warmup_start_lr: float | Sequence[float] = 1e-7,
+        end_lr: float = 0.0,
+        last_epoch: int = -1,
+    ) -> None:
         if steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
         n = len(stage_epochs)
@@ -53,8 +62,15 @@ class StagedWarmupCosineLR(LRScheduler):
         first = 0
         for epochs, lr, w, s in zip(stage_epochs, base_lrs, warm, start):
             total = int(epochs) * int(steps_per_epoch)
-            self.stages.append({"first_step": first, "total_steps": total, "warmup_steps": int(round(w * steps_per_epoch)),
-                                "base_lr": float(lr), "warmup_start_lr": float(s)})
+            self.stages.append(
+                {
+                    "first_step": first,
+                    "total_steps": total,
+                    "warmup_steps": int(round(w * steps_per_epoch)),
+                    "base_lr": float(lr),
+                    "warmup_start_lr": float(s),
+                }
+            )
             first += total
         self.end_lr = float(end_lr)
         super().__init__(optimizer, last_epoch)
@@ -72,8 +88,14 @@ class StagedWarmupCosineLR(LRScheduler):
 
     def lr_at(self, step: int) -> float:
         st = self.stages[self.stage_at(step) - 1]
-        return warmup_cosine_lr(step - st["first_step"], st["total_steps"], st["warmup_steps"], st["base_lr"],
-                                st["warmup_start_lr"], self.end_lr)
+        return warmup_cosine_lr(
+            step - st["first_step"],
+            st["total_steps"],
+            st["warmup_steps"],
+            st["base_lr"],
+            st["warmup_start_lr"],
+            self.end_lr,
+        )
 
     def get_lr(self) -> list[float]:
         lr = self.lr_at(max(self.last_epoch, 0))

@@ -24,9 +24,24 @@ Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 
 logger = logging.getLogger(__name__)
 
-TRAINING_LOG_KEYS = ("loss", "loss_img", "loss_report", "loss_global", "loss_recon", "loss_recon_masked", "bml",
-                     "acc_i2t_top1", "acc_i2t_top5", "acc_t2i_top1", "acc_t2i_top5", "logit_scale",
-                     "kmeans_initialized", "centroid_usage", "lr", "stage") + DIAGNOSTIC_KEYS
+TRAINING_LOG_KEYS = (
+    "loss",
+    "loss_img",
+    "loss_report",
+    "loss_global",
+    "loss_recon",
+    "loss_recon_masked",
+    "bml",
+    "acc_i2t_top1",
+    "acc_i2t_top5",
+    "acc_t2i_top1",
+    "acc_t2i_top5",
+    "logit_scale",
+    "kmeans_initialized",
+    "centroid_usage",
+    "lr",
+    "stage",
+) + DIAGNOSTIC_KEYS
 
 
 def training_scalars(output) -> dict | None:
@@ -99,16 +114,26 @@ class TrainingHistoryWriter:
         scalars = training_scalars(engine.state.output)
         if scalars is None:
             return
-        record = {"kind": "train", "iteration": engine.state.iteration, "epoch": engine.state.epoch,
-                  "time": round(time.time() - self._start, 3)}
+        record = {
+            "kind": "train",
+            "iteration": engine.state.iteration,
+            "epoch": engine.state.epoch,
+            "time": round(time.time() - self._start, 3),
+        }
         record.update({k: _finite_or_none(v) for k, v in scalars.items()})
         self._append(record)
 
     def write_validation(self, trainer, evaluator) -> None:
-        record = {"kind": "val", "iteration": trainer.state.iteration, "epoch": trainer.state.epoch,
-                  "stage": int(getattr(trainer.state, "stage", 1)), "time": round(time.time() - self._start, 3)}
-        record.update({k: _finite_or_none(v) for k, v in evaluator.state.metrics.items()
-                       if isinstance(v, (int, float))})
+        record = {
+            "kind": "val",
+            "iteration": trainer.state.iteration,
+            "epoch": trainer.state.epoch,
+            "stage": int(getattr(trainer.state, "stage", 1)),
+            "time": round(time.time() - self._start, 3),
+        }
+        record.update(
+            {k: _finite_or_none(v) for k, v in evaluator.state.metrics.items() if isinstance(v, (int, float))}
+        )
         self._append(record)
 
 

@@ -42,18 +42,33 @@ def capture_local_rng_state() -> dict:
 def restore_local_rng_state(state: dict) -> None:
     """Inverse of `capture_local_rng_state`."""
     torch.set_rng_state(state["torch_cpu"].to(torch.uint8).cpu())
-    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), int(state["numpy_pos"]),
-                         int(state["numpy_has_gauss"]), float(state["numpy_gauss"])))
+    np.random.set_state(
+        (
+            "MT19937",
+            state["numpy_keys"].numpy().astype(np.uint32),
+            int(state["numpy_pos"]),
+            int(state["numpy_has_gauss"]),
+            float(state["numpy_gauss"]),
+        )
+    )
     gauss = float(state["python_gauss"])
-    random.setstate((int(state["python_version"]), tuple(int(v) for v in state["python_internal"].tolist()),
-                     None if gauss != gauss else gauss))
+    random.setstate(
+        (
+            int(state["python_version"]),
+            tuple(int(v) for v in state["python_internal"].tolist()),
+            None if gauss != gauss else gauss,
+        )
+    )
     cuda_states = state.get("torch_cuda")
     if cuda_states and torch.cuda.is_available():
         if len(cuda_states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all([s.to(torch.uint8).cpu() for s in cuda_states])
         else:
-            logger.warning("checkpoint holds CUDA RNG states of %d devices, this machine has %d: not restored",
-                           len(cuda_states), torch.cuda.device_count())
+            logger.warning(
+                "checkpoint holds CUDA RNG states of %d devices, this machine has %d: not restored",
+                len(cuda_states),
+                torch.cuda.device_count(),
+            )
 
 
 class RNGState:
@@ -70,6 +85,11 @@ class RNGState:
         per_rank = state["per_rank"]
         rank = dist_utils.get_rank()
         if len(per_rank) != dist_utils.get_world_size():
-            logger.warning("checkpoint RNG states come from %d processes, this run has %d: rank %d takes rank %d's",
-                           len(per_rank), dist_utils.get_world_size(), rank, rank % len(per_rank))
+            logger.warning(
+                "checkpoint RNG states come from %d processes, this run has %d: rank %d takes rank %d's",
+                len(per_rank),
+                dist_utils.get_world_size(),
+                rank,
+                rank % len(per_rank),
+            )
         restore_local_rng_state(per_rank[rank % len(per_rank)])

@@ -61,10 +61,19 @@ class StageScheduleHandler:
         evaluator: its best_metric / best_metric_epoch are reset at the switch.
     """
 
-    def __init__(self, network: torch.nn.Module, optimizer: torch.optim.Optimizer, stage1_epochs: int,
-                 stage2_epochs: int, save_dir: str, best_checkpoint: str | None = None, stage2_init: str = "best",
-                 stage2_optimizer_hyperparameters: dict | None = None, evaluator=None,
-                 stage1_last_filename: str = "stage1_last.pt") -> None:
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        stage1_epochs: int,
+        stage2_epochs: int,
+        save_dir: str,
+        best_checkpoint: str | None = None,
+        stage2_init: str = "best",
+        stage2_optimizer_hyperparameters: dict | None = None,
+        evaluator=None,
+        stage1_last_filename: str = "stage1_last.pt",
+    ) -> None:
         if stage2_init not in STAGE2_INIT_CHOICES:
             raise ValueError(f"stage2_init must be one of {STAGE2_INIT_CHOICES}, got {stage2_init!r}")
         if stage1_epochs < 0 or stage2_epochs < 0 or stage1_epochs + stage2_epochs == 0:
@@ -89,8 +98,10 @@ class StageScheduleHandler:
     def attach(self, engine) -> None:
         total = self.stage1_epochs + self.stage2_epochs
         if engine.state.max_epochs != total:
-            raise ValueError(f"trainer max_epochs ({engine.state.max_epochs}) must equal stage1_epochs + "
-                             f"stage2_epochs ({self.stage1_epochs} + {self.stage2_epochs})")
+            raise ValueError(
+                f"trainer max_epochs ({engine.state.max_epochs}) must equal stage1_epochs + "
+                f"stage2_epochs ({self.stage1_epochs} + {self.stage2_epochs})"
+            )
         engine.add_event_handler(Events.STARTED, self.started)
         engine.add_event_handler(Events.EPOCH_STARTED, self.epoch_started)
 
@@ -108,8 +119,12 @@ class StageScheduleHandler:
         else:
             self.model.set_stage(self.stage)
         engine.state.stage = self.stage
-        logger.info("pretraining stage %d (stage 1: %d epochs, stage 2: %d epochs)", self.stage, self.stage1_epochs,
-                    self.stage2_epochs)
+        logger.info(
+            "pretraining stage %d (stage 1: %d epochs, stage 2: %d epochs)",
+            self.stage,
+            self.stage1_epochs,
+            self.stage2_epochs,
+        )
 
     def epoch_started(self, engine) -> None:
         if self.stage == 1 and engine.state.epoch > self.stage1_epochs:
@@ -129,8 +144,11 @@ class StageScheduleHandler:
                 dist_utils.broadcast_module_state(model)  # the file is read on rank 0 only
                 source = f"the best stage-1 checkpoint {self.best_checkpoint}"
             else:
-                logger.warning("stage2_init is 'best' but %s does not exist (no stage-1 validation ran?): "
-                               "stage 2 starts from the last stage-1 weights", self.best_checkpoint)
+                logger.warning(
+                    "stage2_init is 'best' but %s does not exist (no stage-1 validation ran?): "
+                    "stage 2 starts from the last stage-1 weights",
+                    self.best_checkpoint,
+                )
         model.set_stage(2)
         restart_optimizer(self.optimizer, self.stage2_hparams)
         if self.evaluator is not None:

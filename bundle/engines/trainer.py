@@ -30,9 +30,22 @@ Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 logger = logging.getLogger(__name__)
 
 # Scalars of the model output that are logged (every one that the model returns is kept).
-OUTPUT_SCALAR_KEYS = ("loss", "loss_img", "loss_report", "loss_global", "loss_recon", "loss_recon_masked", "bml",
-                      "acc_i2t_top1", "acc_i2t_top5", "acc_t2i_top1", "acc_t2i_top5", "logit_scale",
-                      "kmeans_initialized", "centroid_usage") + DIAGNOSTIC_KEYS
+OUTPUT_SCALAR_KEYS = (
+    "loss",
+    "loss_img",
+    "loss_report",
+    "loss_global",
+    "loss_recon",
+    "loss_recon_masked",
+    "bml",
+    "acc_i2t_top1",
+    "acc_i2t_top5",
+    "acc_t2i_top1",
+    "acc_t2i_top5",
+    "logit_scale",
+    "kmeans_initialized",
+    "centroid_usage",
+) + DIAGNOSTIC_KEYS
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 
@@ -51,8 +64,11 @@ def resolve_amp_dtype(amp_dtype: str | torch.dtype) -> torch.dtype:
 
 def scalar_outputs(outputs: dict) -> dict[str, torch.Tensor]:
     """The 0-dim entries of a model output dict that are logged, detached."""
-    return {k: outputs[k].detach().float().reshape(()) for k in OUTPUT_SCALAR_KEYS
-            if k in outputs and isinstance(outputs[k], torch.Tensor) and outputs[k].numel() == 1}
+    return {
+        k: outputs[k].detach().float().reshape(())
+        for k in OUTPUT_SCALAR_KEYS
+        if k in outputs and isinstance(outputs[k], torch.Tensor) and outputs[k].numel() == 1
+    }
 
 
 def average_over_ranks(values: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -95,23 +111,50 @@ class CMCGNSTrainer(Trainer):
         check_finite: stop with NonFiniteLossError when the loss is NaN or infinite.
     """
 
-    def __init__(self, device: str | torch.device, max_epochs: int, train_data_loader: Iterable,
-                 network: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch_length: int | None = None,
-                 non_blocking: bool = False, inferer: Inferer | None = None,
-                 key_train_metric: dict | None = None, additional_metrics: dict | None = None,
-                 metric_cmp_fn: Callable | None = None, train_handlers: Sequence | None = None, amp: bool = False,
-                 amp_dtype: str | torch.dtype = "bfloat16", accumulation_steps: int = 1,
-                 max_grad_norm: float | None = None, check_finite: bool = True, optim_set_to_none: bool = True,
-                 decollate: bool = False, event_names: list | None = None, event_to_attr: dict | None = None,
-                 to_kwargs: dict | None = None) -> None:
+    def __init__(
+        self,
+        device: str | torch.device,
+        max_epochs: int,
+        train_data_loader: Iterable,
+        network: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        epoch_length: int | None = None,
+        non_blocking: bool = False,
+        inferer: Inferer | None = None,
+        key_train_metric: dict | None = None,
+        additional_metrics: dict | None = None,
+        metric_cmp_fn: Callable | None = None,
+        train_handlers: Sequence | None = None,
+        amp: bool = False,
+        amp_dtype: str | torch.dtype = "bfloat16",
+        accumulation_steps: int = 1,
+        max_grad_norm: float | None = None,
+        check_finite: bool = True,
+        optim_set_to_none: bool = True,
+        decollate: bool = False,
+        event_names: list | None = None,
+        event_to_attr: dict | None = None,
+        to_kwargs: dict | None = None,
+    ) -> None:
         if accumulation_steps < 1:
             raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}")
         extra = {} if metric_cmp_fn is None else {"metric_cmp_fn": metric_cmp_fn}
-        super().__init__(device=device, max_epochs=max_epochs, data_loader=train_data_loader,
-                         epoch_length=epoch_length, non_blocking=non_blocking, key_metric=key_train_metric,
-                         additional_metrics=additional_metrics, handlers=train_handlers, amp=amp,
-                         event_names=event_names, event_to_attr=event_to_attr, decollate=decollate,
-                         to_kwargs=to_kwargs, **extra)
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            data_loader=train_data_loader,
+            epoch_length=epoch_length,
+            non_blocking=non_blocking,
+            key_metric=key_train_metric,
+            additional_metrics=additional_metrics,
+            handlers=train_handlers,
+            amp=amp,
+            event_names=event_names,
+            event_to_attr=event_to_attr,
+            decollate=decollate,
+            to_kwargs=to_kwargs,
+            **extra,
+        )
         self.network = network
         self.optimizer = optimizer
         self.inferer = SimpleInferer() if inferer is None else inferer
@@ -156,8 +199,11 @@ class CMCGNSTrainer(Trainer):
         epoch_length = self.state.epoch_length
         self._batches_to_skip = self.state.iteration % epoch_length if epoch_length else 0
         if self._batches_to_skip:
-            logger.info("resuming inside epoch %d: re-drawing and discarding its first %d batches",
-                        self.state.iteration // epoch_length + 1, self._batches_to_skip)
+            logger.info(
+                "resuming inside epoch %d: re-drawing and discarding its first %d batches",
+                self.state.iteration // epoch_length + 1,
+                self._batches_to_skip,
+            )
 
     def _setup_dataloader_iter(self) -> None:
         super()._setup_dataloader_iter()
@@ -169,8 +215,11 @@ class CMCGNSTrainer(Trainer):
 
     def _log_skips(self, engine) -> None:
         if self.state.dropped_rows or self.state.skipped_batches:
-            logger.warning("so far %d rows with an empty report were dropped and %d empty batches skipped",
-                           self.state.dropped_rows, self.state.skipped_batches)
+            logger.warning(
+                "so far %d rows with an empty report were dropped and %d empty batches skipped",
+                self.state.dropped_rows,
+                self.state.skipped_batches,
+            )
 
     # ----- one iteration -------------------------------------------------------------------------------------------
     def _window(self) -> tuple[bool, bool]:
@@ -211,13 +260,21 @@ class CMCGNSTrainer(Trainer):
         batch, dropped = drop_empty_reports(batchdata)
         if dropped:
             self.state.dropped_rows += len(dropped)
-            logger.warning("iteration %d: dropped %d rows whose report has no sentence left: ids %s",
-                           self.state.iteration, len(dropped), dropped)
+            logger.warning(
+                "iteration %d: dropped %d rows whose report has no sentence left: ids %s",
+                self.state.iteration,
+                len(dropped),
+                dropped,
+            )
         if any_rank(batch is None, self.state.device):
             # every rank skips together, or the collectives of the others would wait forever
             self.state.skipped_batches += 1
-            logger.warning("iteration %d: batch skipped, no report with a sentence (ids %s); %d skipped so far",
-                           self.state.iteration, batch_ids(batchdata), self.state.skipped_batches)
+            logger.warning(
+                "iteration %d: batch skipped, no report with a sentence (ids %s); %d skipped so far",
+                self.state.iteration,
+                batch_ids(batchdata),
+                self.state.skipped_batches,
+            )
             if step_after and self._pending_grads:
                 self._optimizer_step()
             return {"skipped": True, "id": batch_ids(batchdata)}
@@ -260,4 +317,5 @@ class CMCGNSTrainer(Trainer):
             raise NonFiniteLossError(
                 f"non-finite loss at iteration {self.state.iteration} (epoch {self.state.epoch}, rank "
                 f"{dist_utils.get_rank()}, stage {getattr(self.state, 'stage', '?')}): loss terms "
-                f"[{format_terms(terms)}]; batch ids {batch_ids(batch)}")
+                f"[{format_terms(terms)}]; batch ids {batch_ids(batch)}"
+            )

@@ -183,8 +183,13 @@ class ClusterGuidedReportLoss(nn.Module):
             density = mask.sum() / max(n * (n - 1), 1)
             hard_cos = F.cosine_similarity(z1.detach(), z3, dim=-1).mean()
             logits = hard_negative_logits(
-                c, z1, z3, self.hard_negative_mode, self.temperature,
-                self.hard_negative_weight, self.hard_negative_bias,
+                c,
+                z1,
+                z3,
+                self.hard_negative_mode,
+                self.temperature,
+                self.hard_negative_weight,
+                self.hard_negative_bias,
             )
         labels = torch.arange(c.shape[0], device=c.device)
         ce = F.cross_entropy(logits, labels)

@@ -187,7 +187,9 @@ class KMeansClusterState(nn.Module):
                 logger.warning(
                     "k-means start gate is open but only %d z2 vectors are available for %d centroids (%s "
                     "initialisation); waiting for more (said once).",
-                    data.shape[0], self.num_clusters, self.init_method,
+                    data.shape[0],
+                    self.num_clusters,
+                    self.init_method,
                 )
                 self._told_waiting = True
             return False
@@ -203,7 +205,10 @@ class KMeansClusterState(nn.Module):
         self._bank.clear()
         logger.info(
             "k-means centroids initialised at step %d (%s, %d vectors, K=%d)",
-            int(self.step), self.init_method, data.shape[0], self.num_clusters,
+            int(self.step),
+            self.init_method,
+            data.shape[0],
+            self.num_clusters,
         )
         return True
 

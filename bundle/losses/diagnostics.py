@@ -27,11 +27,26 @@ COLLAPSE_WITHIN_COSINE = 0.95
 
 # Scalars the model adds to its output (logged with the loss terms, averaged over validation batches).
 DIAGNOSTIC_KEYS = (
-    "diag_tok_cos_within", "diag_tok_cos_across", "diag_tok_std", "diag_tok_erank",
-    "diag_fri_cos_within", "diag_fri_cos_across", "diag_fri_std", "diag_fri_erank",
-    "diag_z2_cos", "diag_z2_std", "diag_z2_erank",
-    "diag_a1_mean", "diag_a1_entropy", "diag_a2_mean", "diag_a2_entropy",
-    "local_top1", "local_chance_top1", "assignment_entropy", "fn_mask_density", "hard_negative_cos",
+    "diag_tok_cos_within",
+    "diag_tok_cos_across",
+    "diag_tok_std",
+    "diag_tok_erank",
+    "diag_fri_cos_within",
+    "diag_fri_cos_across",
+    "diag_fri_std",
+    "diag_fri_erank",
+    "diag_z2_cos",
+    "diag_z2_std",
+    "diag_z2_erank",
+    "diag_a1_mean",
+    "diag_a1_entropy",
+    "diag_a2_mean",
+    "diag_a2_entropy",
+    "local_top1",
+    "local_chance_top1",
+    "assignment_entropy",
+    "fn_mask_density",
+    "hard_negative_cos",
 )
 
 
@@ -93,8 +108,14 @@ def set_diagnostics(prefix: str, unit: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def local_diagnostics(image_tokens: torch.Tensor, text_to_image: torch.Tensor, image_to_text: torch.Tensor,
-                      a1: torch.Tensor, a2: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+def local_diagnostics(
+    image_tokens: torch.Tensor,
+    text_to_image: torch.Tensor,
+    image_to_text: torch.Tensor,
+    a1: torch.Tensor,
+    a2: torch.Tensor,
+    valid: torch.Tensor,
+) -> dict[str, torch.Tensor]:
     """Diagnostics of the local branch of one batch.
 
     image_tokens [B, P, D] (unit), text_to_image f_RI [B, P, D], image_to_text f_IR [B, S, D], a1 [B, S, P],
@@ -120,18 +141,28 @@ def local_diagnostics(image_tokens: torch.Tensor, text_to_image: torch.Tensor, i
     return out
 
 
-def collapse_findings(values: dict[str, float], std_threshold: float = COLLAPSE_STD_RATIO,
-                      within_threshold: float = COLLAPSE_WITHIN_COSINE) -> list[str]:
+def collapse_findings(
+    values: dict[str, float],
+    std_threshold: float = COLLAPSE_STD_RATIO,
+    within_threshold: float = COLLAPSE_WITHIN_COSINE,
+) -> list[str]:
     """Human-readable collapse findings for (epoch-mean) diagnostic values; empty when nothing is collapsed."""
     findings = []
-    for prefix, name in (("diag_tok", "image tokens"), ("diag_z2", "z2 (image-to-text sentence features)"),
-                         ("diag_fri", "f_RI (text-to-image token features)")):
+    for prefix, name in (
+        ("diag_tok", "image tokens"),
+        ("diag_z2", "z2 (image-to-text sentence features)"),
+        ("diag_fri", "f_RI (text-to-image token features)"),
+    ):
         value = values.get(f"{prefix}_std")
         if value is not None and value < std_threshold:
-            findings.append(f"{name} collapsed: std ratio {value:.3f} < {std_threshold} "
-                            f"(effective rank {values.get(f'{prefix}_erank', float('nan')):.2f})")
+            findings.append(
+                f"{name} collapsed: std ratio {value:.3f} < {std_threshold} "
+                f"(effective rank {values.get(f'{prefix}_erank', float('nan')):.2f})"
+            )
     within = values.get("diag_tok_cos_within")
     if within is not None and within > within_threshold:
-        findings.append(f"image tokens of one image are nearly identical: mean cosine {within:.3f} > "
-                        f"{within_threshold} (no spatial information left in the local features)")
+        findings.append(
+            f"image tokens of one image are nearly identical: mean cosine {within:.3f} > "
+            f"{within_threshold} (no spatial information left in the local features)"
+        )
     return findings

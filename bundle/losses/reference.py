@@ -39,12 +39,25 @@ def loop_attention_pool(pool: MeanQueryAttentionPool, reports: list[torch.Tensor
         if pool.positional_embedding is not None:
             x = x + pool.positional_embedding[:, None, :]
         y, _ = F.multi_head_attention_forward(
-            query=x, key=x, value=x, embed_dim_to_check=x.shape[-1], num_heads=pool.num_heads,
-            q_proj_weight=pool.q_proj.weight, k_proj_weight=pool.k_proj.weight, v_proj_weight=pool.v_proj.weight,
-            in_proj_weight=None, in_proj_bias=torch.cat([pool.q_proj.bias, pool.k_proj.bias, pool.v_proj.bias]),
-            bias_k=None, bias_v=None, add_zero_attn=False, dropout_p=0.0,
-            out_proj_weight=pool.c_proj.weight, out_proj_bias=pool.c_proj.bias,
-            use_separate_proj_weight=True, training=False, need_weights=False,
+            query=x,
+            key=x,
+            value=x,
+            embed_dim_to_check=x.shape[-1],
+            num_heads=pool.num_heads,
+            q_proj_weight=pool.q_proj.weight,
+            k_proj_weight=pool.k_proj.weight,
+            v_proj_weight=pool.v_proj.weight,
+            in_proj_weight=None,
+            in_proj_bias=torch.cat([pool.q_proj.bias, pool.k_proj.bias, pool.v_proj.bias]),
+            bias_k=None,
+            bias_v=None,
+            add_zero_attn=False,
+            dropout_p=0.0,
+            out_proj_weight=pool.c_proj.weight,
+            out_proj_bias=pool.c_proj.bias,
+            use_separate_proj_weight=True,
+            training=False,
+            need_weights=False,
         )
         outputs.append(y[0])
     return torch.cat(outputs, dim=0)
@@ -71,10 +84,14 @@ def loop_simsiam(loss: LocalImageSimSiamLoss, image_tokens: torch.Tensor, text_t
         all_x, all_y = loss.predict(image_tokens), loss.predict(torch.stack(list(text_to_image)))
     for b, (image, text) in enumerate(zip(image_tokens, text_to_image)):
         p_x, p_y = (all_x[b], all_y[b]) if batch_norm else (loss.predictor(image), loss.predictor(text))
-        total = total - (
-            F.cosine_similarity(p_x, text.detach(), dim=-1).mean()
-            + F.cosine_similarity(p_y, image.detach(), dim=-1).mean()
-        ) * 0.5
+        total = (
+            total
+            - (
+                F.cosine_similarity(p_x, text.detach(), dim=-1).mean()
+                + F.cosine_similarity(p_y, image.detach(), dim=-1).mean()
+            )
+            * 0.5
+        )
     return total / image_tokens.shape[0]
 
 
@@ -179,11 +196,21 @@ def loop_alignment_losses(model, local_features, global_feature, token_features,
     rl = model.report_loss
     state = rl.state
     report = loop_cluster_report_loss(
-        torch.cat(reports), torch.cat(f_ir), state.centroids, state.is_initialized, rl.training,
-        temperature=rl.temperature, lr=state.lr, update_mode=state.update_mode,
-        hard_negative_mode=rl.hard_negative_mode, hard_negative_weight=rl.hard_negative_weight,
-        hard_negative_bias=rl.hard_negative_bias, alpha=rl.bml_alpha, beta=rl.bml_beta,
-        bml_weight=rl.bml_weight, bml_reduction=rl.bml_reduction,
+        torch.cat(reports),
+        torch.cat(f_ir),
+        state.centroids,
+        state.is_initialized,
+        rl.training,
+        temperature=rl.temperature,
+        lr=state.lr,
+        update_mode=state.update_mode,
+        hard_negative_mode=rl.hard_negative_mode,
+        hard_negative_weight=rl.hard_negative_weight,
+        hard_negative_bias=rl.hard_negative_bias,
+        alpha=rl.bml_alpha,
+        beta=rl.bml_beta,
+        bml_weight=rl.bml_weight,
+        bml_reduction=rl.bml_reduction,
     )
     loss_global = loop_global_loss(image_global, report_global, model.global_loss.scale())
     w = model.weights

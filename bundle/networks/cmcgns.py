@@ -190,9 +190,17 @@ class CMCGNS(nn.Module):
             )
         else:
             self.decoder = ViTReconstructionDecoder(
-                embed_dim, grid, image_size, recon_out_channels, tuple(decoder_channels), decoder_relu_before_output,
-                num_heads=vit_decoder_num_heads, num_layers=vit_decoder_num_layers, ff_dim=vit_decoder_ff_dim,
-                dropout=vit_decoder_dropout, share_layer_weights=vit_decoder_share_layer_weights,
+                embed_dim,
+                grid,
+                image_size,
+                recon_out_channels,
+                tuple(decoder_channels),
+                decoder_relu_before_output,
+                num_heads=vit_decoder_num_heads,
+                num_layers=vit_decoder_num_layers,
+                ff_dim=vit_decoder_ff_dim,
+                dropout=vit_decoder_dropout,
+                share_layer_weights=vit_decoder_share_layer_weights,
                 batch_first=vit_decoder_batch_first,
             )
         if recon_mask_mode not in ("positions", "official"):
@@ -281,8 +289,16 @@ class CMCGNS(nn.Module):
         out.update({k: v for k, v in global_.items() if k != "loss"})
         if self.compute_diagnostics:
             out.update({k: report[k] for k in REPORT_DIAGNOSTICS})
-            out.update(local_diagnostics(image_tokens, attention.text_to_image, attention.image_to_text,
-                                         attention.attn_image_to_text, attention.attn_text_to_image, valid))
+            out.update(
+                local_diagnostics(
+                    image_tokens,
+                    attention.text_to_image,
+                    attention.image_to_text,
+                    attention.attn_image_to_text,
+                    attention.attn_text_to_image,
+                    valid,
+                )
+            )
         if return_attention:
             out["attn_image_to_text"] = attention.attn_image_to_text
             out["attn_text_to_image"] = attention.attn_text_to_image
@@ -312,8 +328,14 @@ class CMCGNS(nn.Module):
             local, global_, tokens, sentence_index
         )
         attention = self.cross_attention(image_tokens, sentences, valid)
-        return {"image_global": image_global, "report_global": report_global, "image_tokens": image_tokens,
-                "sentences": sentences, "sentence_mask": valid, "attn_image_to_text": attention.attn_image_to_text}
+        return {
+            "image_global": image_global,
+            "report_global": report_global,
+            "image_tokens": image_tokens,
+            "sentences": sentences,
+            "sentence_mask": valid,
+            "attn_image_to_text": attention.attn_image_to_text,
+        }
 
     def _reconstruction(self, image, image_tokens, text_to_image):
         if self.training:

@@ -24,17 +24,22 @@ class CrossModalOutput(NamedTuple):
 
 class SigmoidCrossModalAttention(nn.Module):
     """Args:
-        embed_dim: D.
-        logit_scale: None (published): the constant 1/sqrt(D). A number: the initial value of a learnable scale
-            of the attention logits (kept in log space, clamped at `max_logit_scale`). Why it exists: the inputs are
-            unit vectors, so with default-initialised Q/K maps the logits q.k/sqrt(D) are about 0.01 and every
-            sigmoid weight sits at 0.5: each sentence attends to every region alike and the local losses see no
-            structure (docs/method_notes.md).
-        learn_logit_scale: train that scale (True) or keep it fixed at `logit_scale` (False).
+    embed_dim: D.
+    logit_scale: None (published): the constant 1/sqrt(D). A number: the initial value of a learnable scale
+        of the attention logits (kept in log space, clamped at `max_logit_scale`). Why it exists: the inputs are
+        unit vectors, so with default-initialised Q/K maps the logits q.k/sqrt(D) are about 0.01 and every
+        sigmoid weight sits at 0.5: each sentence attends to every region alike and the local losses see no
+        structure (docs/method_notes.md).
+    learn_logit_scale: train that scale (True) or keep it fixed at `logit_scale` (False).
     """
 
-    def __init__(self, embed_dim: int, logit_scale: float | None = None, learn_logit_scale: bool = True,
-                 max_logit_scale: float = 100.0):
+    def __init__(
+        self,
+        embed_dim: int,
+        logit_scale: float | None = None,
+        learn_logit_scale: bool = True,
+        max_logit_scale: float = 100.0,
+    ):
         super().__init__()
         self.fixed_scale = 1.0 / math.sqrt(embed_dim) if logit_scale is None else None
         self.max_logit_scale = max_logit_scale

@@ -154,7 +154,7 @@ def build_image_encoder(
     vit_num_layers: int = 12,
     vit_num_heads: int = 12,
 ) -> ResNetImageEncoder | ViTImageEncoder:
-    """"resnet18" / "resnet50" / "vit_b16" (ViT-B/16 by default; the vit_* arguments make it smaller for demos)."""
+    """ "resnet18" / "resnet50" / "vit_b16" (ViT-B/16 by default; the vit_* arguments make it smaller for demos)."""
     if name in RESNETS:
         return ResNetImageEncoder(name, in_channels, image_size, pool_num_heads, pretrained_weights)
     if name in VITS:

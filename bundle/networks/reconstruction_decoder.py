@@ -82,7 +82,9 @@ class ResNetReconstructionDecoder(nn.Module):
     ):
         super().__init__()
         self.grid_size = grid_size
-        self.head = conv_upsampling_head(2 * embed_dim, grid_size, image_size, channels, out_channels, relu_before_output)
+        self.head = conv_upsampling_head(
+            2 * embed_dim, grid_size, image_size, channels, out_channels, relu_before_output
+        )
 
     def forward(self, masked_image_tokens: torch.Tensor, text_to_image: torch.Tensor) -> torch.Tensor:
         fused = torch.cat([masked_image_tokens, text_to_image], dim=-1)

@@ -15,8 +15,21 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from bundle.data.prepare.common import (
-    LOG, ManifestOutput, PreparationError, PreparationReport, SkipLog, add_image_check_argument, make_parser,
-    progress, read_csv_rows, record_arguments, relative_path, require_file, run_main, write_outputs)
+    LOG,
+    ManifestOutput,
+    PreparationError,
+    PreparationReport,
+    SkipLog,
+    add_image_check_argument,
+    make_parser,
+    progress,
+    read_csv_rows,
+    record_arguments,
+    relative_path,
+    require_file,
+    run_main,
+    write_outputs,
+)
 from bundle.data.label_fractions import seeded_order_key
 
 TASKS = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
@@ -31,8 +44,10 @@ def uncertainty_policy(u_ones: Sequence[str], u_zeros: Sequence[str]) -> dict[st
     both = sorted(set(u_ones) & set(u_zeros))
     missing = [t for t in TASKS if t not in u_ones and t not in u_zeros]
     if unknown or both or missing:
-        raise PreparationError(f"uncertainty policy: unknown tasks {unknown}, tasks in both lists {both}, "
-                               f"tasks in neither {missing} (tasks: {TASKS})")
+        raise PreparationError(
+            f"uncertainty policy: unknown tasks {unknown}, tasks in both lists {both}, "
+            f"tasks in neither {missing} (tasks: {TASKS})"
+        )
     return {t: (1.0 if t in u_ones else 0.0) for t in TASKS}
 
 
@@ -56,8 +71,15 @@ def image_relpath(csv_path_value: str) -> PurePosixPath:
     return PurePosixPath(*parts)
 
 
-def read_split(csv_path: Path, src: Path, out: Path, policy: dict[str, float], check_images: bool,
-               skips: SkipLog, report: PreparationReport) -> list[dict]:
+def read_split(
+    csv_path: Path,
+    src: Path,
+    out: Path,
+    policy: dict[str, float],
+    check_images: bool,
+    skips: SkipLog,
+    report: PreparationReport,
+) -> list[dict]:
     items, seen = [], {}
     for line, row in progress(read_csv_rows(csv_path, ["Path", "Frontal/Lateral"] + TASKS), desc=csv_path.name):
         rel = image_relpath(row["Path"])
@@ -86,7 +108,7 @@ def read_split(csv_path: Path, src: Path, out: Path, policy: dict[str, float], c
 
 
 def patient_of(item_id: str) -> str:
-    """"train/patient00001/study1/view1_frontal" -> "patient00001"."""
+    """ "train/patient00001/study1/view1_frontal" -> "patient00001"."""
     return PurePosixPath(item_id).parts[1]
 
 
@@ -95,8 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--u_ones", default=",".join(DEFAULT_U_ONES), help="tasks whose uncertain label becomes 1")
     parser.add_argument("--u_zeros", default=",".join(DEFAULT_U_ZEROS), help="tasks whose uncertain label becomes 0")
     parser.add_argument("--val_size", type=int, default=5000, help="frontal training images held out for validation")
-    parser.add_argument("--val_split_by", choices=("image", "patient"), default="image",
-                        help="image: MGCA's random images; patient: whole patients until val_size images are reached")
+    parser.add_argument(
+        "--val_split_by",
+        choices=("image", "patient"),
+        default="image",
+        help="image: MGCA's random images; patient: whole patients until val_size images are reached",
+    )
     add_image_check_argument(parser)
     return parser
 
@@ -120,27 +146,39 @@ def choose_validation(items: list[dict], val_size: int, by: str, seed: int) -> s
 
 def prepare(args: argparse.Namespace) -> dict:
     src, out = Path(args.src), Path(args.out)
-    policy = uncertainty_policy([t.strip() for t in args.u_ones.split(",") if t.strip()],
-                                [t.strip() for t in args.u_zeros.split(",") if t.strip()])
+    policy = uncertainty_policy(
+        [t.strip() for t in args.u_ones.split(",") if t.strip()],
+        [t.strip() for t in args.u_zeros.split(",") if t.strip()],
+    )
     skips = SkipLog(strict=args.strict)
     report = PreparationReport("chexpert", str(src), args.seed, record_arguments(args), skips)
     check = not args.no_image_check
     train = read_split(require_file(src / "train.csv", "CheXpert train.csv"), src, out, policy, check, skips, report)
     test = read_split(require_file(src / "valid.csv", "CheXpert valid.csv"), src, out, policy, check, skips, report)
     validation_ids = choose_validation(train, args.val_size, args.val_split_by, args.seed)
-    splits = {"training": [it for it in train if it["id"] not in validation_ids],
-              "validation": [it for it in train if it["id"] in validation_ids], "test": test}
+    splits = {
+        "training": [it for it in train if it["id"] not in validation_ids],
+        "validation": [it for it in train if it["id"] in validation_ids],
+        "test": test,
+    }
     patients = {name: {patient_of(it["id"]) for it in items} for name, items in splits.items()}
     report.notes["patients_in_training_and_validation"] = len(patients["training"] & patients["validation"])
-    meta = {"source": "CheXpert v1.0 (train.csv, valid.csv); official valid.csv used as test",
-            "class_names": TASKS, "label_type": "multi_hot", "image_format": "original JPG files",
-            "label_policy": {"uncertain (-1)": {t: int(v) for t, v in policy.items()}, "blank": 0,
-                             "views": "frontal only"},
-            "validation": f"{args.val_size} training images chosen by {args.val_split_by}"}
+    meta = {
+        "source": "CheXpert v1.0 (train.csv, valid.csv); official valid.csv used as test",
+        "class_names": TASKS,
+        "label_type": "multi_hot",
+        "image_format": "original JPG files",
+        "label_policy": {"uncertain (-1)": {t: int(v) for t, v in policy.items()}, "blank": 0, "views": "frontal only"},
+        "validation": f"{args.val_size} training images chosen by {args.val_split_by}",
+    }
     output = ManifestOutput(
-        "classification", "classification", splits, meta,
+        "classification",
+        "classification",
+        splits,
+        meta,
         classes_of=lambda it: [t for t, v in zip(TASKS, it["label"]) if v] or ["(no positive task)"],
-        stratum_of=lambda it: tuple(it["label"]))
+        stratum_of=lambda it: tuple(it["label"]),
+    )
     LOG.info("chexpert: %s", {k: len(v) for k, v in splits.items()})
     return write_outputs(out, report, [output])
 

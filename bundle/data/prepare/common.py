@@ -43,37 +43,46 @@ class PreparationError(ValueError):
 def make_parser(dataset: str, description: str) -> argparse.ArgumentParser:
     """The arguments every `scripts/prepare_<dataset>.py` shares; modules add their own."""
     parser = argparse.ArgumentParser(
-        prog=f"prepare_{dataset}.py", description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        prog=f"prepare_{dataset}.py", description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--src", required=True, help="the dataset as downloaded from its owners (see docs/datasets.md)")
-    parser.add_argument("--out", required=True,
-                        help="output dataset_dir: manifests go to OUT/manifests/, generated masks to OUT/masks/; "
-                             "image paths in the manifests are relative to OUT")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="output dataset_dir: manifests go to OUT/manifests/, generated masks to OUT/masks/; "
+        "image paths in the manifests are relative to OUT",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the splits and of the label-fraction subsets")
     parser.add_argument("--strict", action="store_true", help="stop at the first skipped record instead of counting it")
-    parser.add_argument("--check_decode", action="store_true",
-                        help="fully decode every image before writing the manifests (slow, parallel): a file whose "
-                             "header is intact but whose data is cut off is skipped and listed, instead of failing "
-                             "in training")
-    parser.add_argument("--workers", type=int, default=0,
-                        help="processes for --check_decode (0: min(8, CPU count))")
+    parser.add_argument(
+        "--check_decode",
+        action="store_true",
+        help="fully decode every image before writing the manifests (slow, parallel): a file whose "
+        "header is intact but whose data is cut off is skipped and listed, instead of failing "
+        "in training",
+    )
+    parser.add_argument("--workers", type=int, default=0, help="processes for --check_decode (0: min(8, CPU count))")
     parser.add_argument("--log_level", default="INFO")
     return parser
 
 
 def add_image_check_argument(parser: argparse.ArgumentParser) -> None:
     """For datasets whose images are only listed (JPG/PNG): checking existence is optional on slow file systems."""
-    parser.add_argument("--no_image_check", action="store_true",
-                        help="do not check that every listed image exists (faster on slow network file systems)")
+    parser.add_argument(
+        "--no_image_check",
+        action="store_true",
+        help="do not check that every listed image exists (faster on slow network file systems)",
+    )
 
 
-def run_main(prepare: Callable[[argparse.Namespace], dict], parser: argparse.ArgumentParser,
-             argv: Sequence[str] | None) -> int:
+def run_main(
+    prepare: Callable[[argparse.Namespace], dict], parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> int:
     """Parse, prepare, and turn a PreparationError into a one-line message and exit code 2."""
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     try:
-        with logging_redirect_tqdm():   # log lines above the progress bar instead of through it
+        with logging_redirect_tqdm():  # log lines above the progress bar instead of through it
             prepare(args)
     except PreparationError as error:
         LOG.error("%s", error)
@@ -82,8 +91,11 @@ def run_main(prepare: Callable[[argparse.Namespace], dict], parser: argparse.Arg
 
 
 def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=getattr(logging, str(level).upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=getattr(logging, str(level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
 
 
 def progress(iterable: Iterable, total: int | None = None, desc: str = "") -> Iterable:
@@ -103,8 +115,10 @@ def find_one(directory: Path, patterns: Sequence[str], what: str) -> Path:
     matches = sorted({p for pattern in patterns for p in directory.glob(pattern) if p.is_file()})
     if len(matches) != 1:
         found = ", ".join(p.name for p in matches) or "none"
-        raise PreparationError(f"expected exactly one {what} in {directory} matching {list(patterns)}, found: {found}; "
-                               "name it explicitly with its command-line option")
+        raise PreparationError(
+            f"expected exactly one {what} in {directory} matching {list(patterns)}, found: {found}; "
+            "name it explicitly with its command-line option"
+        )
     return matches[0]
 
 
@@ -166,8 +180,10 @@ class SkipLog:
         return sum(self.counts.values())
 
     def as_dict(self) -> dict:
-        return {"total": self.total,
-                "reasons": {r: {"count": c, "examples": self.examples[r]} for r, c in sorted(self.counts.items())}}
+        return {
+            "total": self.total,
+            "reasons": {r: {"count": c, "examples": self.examples[r]} for r, c in sorted(self.counts.items())},
+        }
 
 
 # ----------------------------------------------------------------------------------------------- splits
@@ -191,8 +207,9 @@ def split_proportions(**fractions: float) -> dict[str, float]:
     return {"training": 1.0 - sum(held_out.values()), **held_out}
 
 
-def stratified_group_split(group_strata: Mapping[str, Hashable], proportions: Mapping[str, float],
-                           seed: int) -> dict[str, str]:
+def stratified_group_split(
+    group_strata: Mapping[str, Hashable], proportions: Mapping[str, float], seed: int
+) -> dict[str, str]:
     """{group: split name}: whole groups (patients, images) go to one split; inside each stratum the groups are
     ordered by a SHA-256 key of (seed, group) and cut by `proportions`, so the result depends only on the ids."""
     by_stratum: dict[Hashable, list[str]] = {}
@@ -203,7 +220,7 @@ def stratified_group_split(group_strata: Mapping[str, Hashable], proportions: Ma
         groups = sorted(by_stratum[stratum], key=lambda g: seeded_order_key(seed, g))
         start = 0
         for split, count in allocate_counts(len(groups), proportions).items():
-            for group in groups[start:start + count]:
+            for group in groups[start : start + count]:
                 assignment[group] = split
             start += count
     return assignment
@@ -261,8 +278,8 @@ class PreparationReport:
     seed: int
     arguments: dict
     skips: SkipLog
-    filtered: Counter = field(default_factory=Counter)   # records left out by design (lateral views, balancing)
-    notes: dict = field(default_factory=dict)             # dataset-specific facts worth printing
+    filtered: Counter = field(default_factory=Counter)  # records left out by design (lateral views, balancing)
+    notes: dict = field(default_factory=dict)  # dataset-specific facts worth printing
 
 
 def _split_summary(items: Sequence[dict], classes_of) -> dict:
@@ -292,18 +309,29 @@ def decode_problems(paths: Sequence[str], workers: int = 1) -> dict[str, str]:
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = list(progress(pool.map(_decode_problem, unique, chunksize=16), total=len(unique),
-                                    desc=f"decode check ({workers} processes)"))
+            results = list(
+                progress(
+                    pool.map(_decode_problem, unique, chunksize=16),
+                    total=len(unique),
+                    desc=f"decode check ({workers} processes)",
+                )
+            )
     return {p: r for p, r in zip(unique, results) if r is not None}
 
 
 def drop_undecodable(out_dir: Path, outputs: Sequence[ManifestOutput], skips: SkipLog, workers: int = 1) -> int:
     """Remove items whose image does not fully decode from every output (counted as skips); returns how many."""
+
     def resolved(image: str) -> str:  # normpath: OUT may not exist yet, so "OUT/../src" must not reach the OS
         return os.path.normpath(os.path.join(os.path.abspath(out_dir), image))
 
-    paths = {resolved(item["image"]) for output in outputs for items in output.splits.values()
-             for item in items if isinstance(item.get("image"), str)}
+    paths = {
+        resolved(item["image"])
+        for output in outputs
+        for items in output.splits.values()
+        for item in items
+        if isinstance(item.get("image"), str)
+    }
     problems = decode_problems(sorted(paths), workers)
     dropped = 0
     for output in outputs:
@@ -321,20 +349,32 @@ def drop_undecodable(out_dir: Path, outputs: Sequence[ManifestOutput], skips: Sk
     return dropped
 
 
-def write_outputs(out_dir: Path, report: PreparationReport, outputs: Sequence[ManifestOutput],
-                  fractions: Sequence[float] = DEFAULT_FRACTIONS) -> dict:
+def write_outputs(
+    out_dir: Path,
+    report: PreparationReport,
+    outputs: Sequence[ManifestOutput],
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+) -> dict:
     """Check, complete (meta, label fractions) and write every manifest, then the summary JSON; print the summary."""
     from bundle.data.manifest import write_manifest
 
     manifest_dir = Path(out_dir) / "manifests"
     if report.arguments.get("check_decode"):
-        report.notes["decode_check_failures"] = drop_undecodable(out_dir, outputs, report.skips,
-                                                                  int(report.arguments.get("workers") or min(8, os.cpu_count() or 1)))
-    summary = {"dataset": report.dataset, "source": report.source, "seed": report.seed,
-               "script_version": SCRIPT_VERSION, "arguments": report.arguments,
-               "skipped": report.skips.as_dict(), "filtered": dict(sorted(report.filtered.items())),
-               "notes": report.notes, "manifests": {}}
-    prepared = []   # everything is checked before the first file is written: no half-written output on an error
+        report.notes["decode_check_failures"] = drop_undecodable(
+            out_dir, outputs, report.skips, int(report.arguments.get("workers") or min(8, os.cpu_count() or 1))
+        )
+    summary = {
+        "dataset": report.dataset,
+        "source": report.source,
+        "seed": report.seed,
+        "script_version": SCRIPT_VERSION,
+        "arguments": report.arguments,
+        "skipped": report.skips.as_dict(),
+        "filtered": dict(sorted(report.filtered.items())),
+        "notes": report.notes,
+        "manifests": {},
+    }
+    prepared = []  # everything is checked before the first file is written: no half-written output on an error
     for output in outputs:
         splits = {name: list(output.splits.get(name, [])) for name in SPLITS}
         unknown = set(output.splits) - set(SPLITS)
@@ -343,18 +383,30 @@ def write_outputs(out_dir: Path, report: PreparationReport, outputs: Sequence[Ma
         check_unique_ids(splits, output.name)
         if not splits["training"]:
             raise PreparationError(f"{output.name}: the training split is empty (see the skipped records above)")
-        meta = dict(output.meta, task=output.task, dataset=report.dataset, split_seed=report.seed,
-                    script_version=SCRIPT_VERSION, created_by=f"scripts/prepare_{report.dataset}.py")
-        entry = {"path": f"manifests/{output.name}.json", "task": output.task,
-                 "splits": {name: _split_summary(items, output.classes_of) for name, items in splits.items()}}
+        meta = dict(
+            output.meta,
+            task=output.task,
+            dataset=report.dataset,
+            split_seed=report.seed,
+            script_version=SCRIPT_VERSION,
+            created_by=f"scripts/prepare_{report.dataset}.py",
+        )
+        entry = {
+            "path": f"manifests/{output.name}.json",
+            "task": output.task,
+            "splits": {name: _split_summary(items, output.classes_of) for name, items in splits.items()},
+        }
         if output.with_fractions:
-            subsets = nested_fraction_subsets(splits["training"], fractions, seed=report.seed,
-                                              label_key=None, stratum_of=output.stratum_of)
+            subsets = nested_fraction_subsets(
+                splits["training"], fractions, seed=report.seed, label_key=None, stratum_of=output.stratum_of
+            )
             meta["fractions"] = {fraction_key(f): ids for f, ids in subsets.items()}
             meta["fraction_seed"] = report.seed
             by_id = {item["id"]: item for item in splits["training"]}
-            entry["fractions"] = {fraction_key(f): _split_summary([by_id[i] for i in ids], output.classes_of)
-                                  for f, ids in subsets.items()}
+            entry["fractions"] = {
+                fraction_key(f): _split_summary([by_id[i] for i in ids], output.classes_of)
+                for f, ids in subsets.items()
+            }
         prepared.append((output.name, splits, meta))
         summary["manifests"][output.name] = entry
     manifest_dir.mkdir(parents=True, exist_ok=True)
@@ -367,8 +419,10 @@ def write_outputs(out_dir: Path, report: PreparationReport, outputs: Sequence[Ma
 
 
 def format_summary(summary: dict, summary_path: Path) -> str:
-    lines = [f"== {summary['dataset']}: prepared from {summary['source']} (seed {summary['seed']}, "
-             f"script {summary['script_version']}) =="]
+    lines = [
+        f"== {summary['dataset']}: prepared from {summary['source']} (seed {summary['seed']}, "
+        f"script {summary['script_version']}) =="
+    ]
     for name, entry in summary["manifests"].items():
         lines.append(f"manifest {entry['path']} ({entry['task']})")
         rows = list(entry["splits"].items()) + [(f"fraction {k}", v) for k, v in entry.get("fractions", {}).items()]

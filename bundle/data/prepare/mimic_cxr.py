@@ -19,8 +19,22 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bundle.data.prepare.common import (
-    LOG, ManifestOutput, PreparationError, PreparationReport, SkipLog, add_image_check_argument, count_data_lines,
-    find_one, make_parser, progress, read_csv_rows, record_arguments, relative_path, run_main, write_outputs)
+    LOG,
+    ManifestOutput,
+    PreparationError,
+    PreparationReport,
+    SkipLog,
+    add_image_check_argument,
+    count_data_lines,
+    find_one,
+    make_parser,
+    progress,
+    read_csv_rows,
+    record_arguments,
+    relative_path,
+    run_main,
+    write_outputs,
+)
 from bundle.data.reports import extract_sections, is_usable_report, report_from_sections
 
 FRONTAL_VIEWS = ("PA", "AP")
@@ -70,9 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reports", type=Path, help="folder holding files/pXX/pSUBJECT/sSTUDY.txt (default: SRC)")
     parser.add_argument("--metadata", type=Path, help="default: the one mimic-cxr-*-metadata.csv[.gz] in SRC")
     parser.add_argument("--split_csv", type=Path, help="default: the one mimic-cxr-*-split.csv[.gz] in SRC")
-    parser.add_argument("--keep_test", action="store_true",
-                        help="keep the official test split as 'test' (default: merged into 'validation' as the "
-                             "official code does)")
+    parser.add_argument(
+        "--keep_test",
+        action="store_true",
+        help="keep the official test split as 'test' (default: merged into 'validation' as the official code does)",
+    )
     add_image_check_argument(parser)
     return parser
 
@@ -104,8 +120,11 @@ def prepare(args: argparse.Namespace) -> dict:
         split_subject, split_study, split = official[dicom_id]
         if (split_subject, split_study) != (subject_id, study_id):
             # never pair an image with another study's report: the two CSVs must agree on the study
-            skips.skip("split CSV and metadata disagree on subject/study", dicom_id,
-                       f"metadata s{study_id}, split CSV s{split_study}")
+            skips.skip(
+                "split CSV and metadata disagree on subject/study",
+                dicom_id,
+                f"metadata s{study_id}, split CSV s{split_study}",
+            )
             continue
         text, problem = read_report(subject_id, study_id)
         if problem:
@@ -120,9 +139,13 @@ def prepare(args: argparse.Namespace) -> dict:
     report.notes["subjects"] = len(subject_splits)
     report.notes["subjects_in_more_than_one_split"] = sum(len(s) > 1 for s in subject_splits.values())
     report.notes["report_files_read"] = read_report.cache_info().misses
-    meta = {"source": "MIMIC-CXR-JPG 2.x (metadata + split CSV, JPGs) and MIMIC-CXR reports",
-            "report": "IMPRESSION + ' ' + FINDINGS (method.md 1)", "views": list(FRONTAL_VIEWS),
-            "official_split_mapping": target, "image_format": "original JPG files"}
+    meta = {
+        "source": "MIMIC-CXR-JPG 2.x (metadata + split CSV, JPGs) and MIMIC-CXR reports",
+        "report": "IMPRESSION + ' ' + FINDINGS (method.md 1)",
+        "views": list(FRONTAL_VIEWS),
+        "official_split_mapping": target,
+        "image_format": "original JPG files",
+    }
     output = ManifestOutput("pretrain", "pretraining", splits, meta, with_fractions=False)
     LOG.info("mimic-cxr: %s", dict(Counter({k: len(v) for k, v in splits.items()})))
     return write_outputs(out, report, [output])

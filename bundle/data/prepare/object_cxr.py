@@ -16,15 +16,31 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from bundle.data.prepare.common import (
-    LOG, ManifestOutput, PreparationError, PreparationReport, SkipLog, make_parser, progress, read_csv_rows,
-    record_arguments, relative_path, require_file, run_main, split_proportions, stratified_group_split, write_outputs)
+    LOG,
+    ManifestOutput,
+    PreparationError,
+    PreparationReport,
+    SkipLog,
+    make_parser,
+    progress,
+    read_csv_rows,
+    record_arguments,
+    relative_path,
+    require_file,
+    run_main,
+    split_proportions,
+    stratified_group_split,
+    write_outputs,
+)
 from bundle.data.prepare.masks import image_size
 
 CLASS_NAMES = ["foreign_object"]
 SHAPE_NAMES = {0: "rectangle", 1: "ellipse", 2: "polygon"}
-BOX_CONVENTION = ("[x1, y1, x2, y2] in pixels of the stored JPG, x = column, y = row: the tight box of each "
-                  "annotated shape (rectangle corners, ellipse bounding box, polygon extent); box_label indexes "
-                  "class_names")
+BOX_CONVENTION = (
+    "[x1, y1, x2, y2] in pixels of the stored JPG, x = column, y = row: the tight box of each "
+    "annotated shape (rectangle corners, ellipse bounding box, polygon extent); box_label indexes "
+    "class_names"
+)
 
 
 class AnnotationError(ValueError):
@@ -35,7 +51,7 @@ def parse_annotation(text: str) -> list[list[float]]:
     """The tight [x1, y1, x2, y2] box of every shape in an Object-CXR annotation string ([] when empty)."""
     pieces = [piece.strip() for piece in text.split(";")]
     if pieces[-1] == "":
-        pieces = pieces[:-1]   # an empty annotation (no object), or a trailing ";"
+        pieces = pieces[:-1]  # an empty annotation (no object), or a trailing ";"
     boxes = []
     for index, shape in enumerate(pieces):
         tokens = shape.split()
@@ -122,8 +138,14 @@ def _load_split(src: Path, name: str, out: Path, skips: SkipLog, report: Prepara
             skips.skip("annotation outside the image", record, f"{width}x{height} image")
             continue
         report.notes["shapes_clipped_to_the_image"] += sum(c != b for c, b in zip(clipped, boxes))
-        items.append({"image": relative_path(path, out), "box": clipped, "box_label": [0] * len(clipped),
-                      "id": PurePosixPath(image_name).stem})
+        items.append(
+            {
+                "image": relative_path(path, out),
+                "box": clipped,
+                "box_label": [0] * len(clipped),
+                "id": PurePosixPath(image_name).stem,
+            }
+        )
     return items
 
 
@@ -135,18 +157,26 @@ def prepare(args: argparse.Namespace) -> dict:
     train_items = _load_split(src, "train", out, skips, report)
     test_items = _load_split(src, "dev", out, skips, report)
     by_id = {item["id"]: item for item in train_items}
-    assignment = stratified_group_split({i: bool(it["box"]) for i, it in by_id.items()},
-                                        split_proportions(validation=args.val_fraction),
-                                        args.seed)
+    assignment = stratified_group_split(
+        {i: bool(it["box"]) for i, it in by_id.items()}, split_proportions(validation=args.val_fraction), args.seed
+    )
     splits = {"training": [], "validation": [], "test": test_items}
     for item_id, item in by_id.items():
         splits[assignment[item_id]].append(item)
-    meta = {"source": "Object-CXR (train.csv/dev.csv + JPGs); dev set used as test", "class_names": CLASS_NAMES,
-            "box_convention": BOX_CONVENTION, "image_format": "original JPG files"}
-    output = ManifestOutput("detection", "detection", splits, meta,
-                            classes_of=lambda it: ["box"] * len(it["box"]) + [
-                                "image_with_boxes" if it["box"] else "image_without_boxes"],
-                            stratum_of=lambda it: bool(it["box"]))
+    meta = {
+        "source": "Object-CXR (train.csv/dev.csv + JPGs); dev set used as test",
+        "class_names": CLASS_NAMES,
+        "box_convention": BOX_CONVENTION,
+        "image_format": "original JPG files",
+    }
+    output = ManifestOutput(
+        "detection",
+        "detection",
+        splits,
+        meta,
+        classes_of=lambda it: ["box"] * len(it["box"]) + ["image_with_boxes" if it["box"] else "image_without_boxes"],
+        stratum_of=lambda it: bool(it["box"]),
+    )
     LOG.info("object-cxr: %d training+validation, %d test images", len(train_items), len(test_items))
     return write_outputs(out, report, [output])
 

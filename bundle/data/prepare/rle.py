@@ -39,12 +39,12 @@ def rle_decode(rle: str, height: int, width: int) -> np.ndarray:
     np.add.at(flat, absolute, 1)
     np.add.at(flat, ends, -1)
     mask_flat = (np.cumsum(flat[:-1]) > 0).astype(np.uint8)
-    return mask_flat.reshape(width, height).T.copy()   # column-major: flat index = x * height + y
+    return mask_flat.reshape(width, height).T.copy()  # column-major: flat index = x * height + y
 
 
 def rle_encode(mask: np.ndarray) -> str:
     """Encode a [H, W] mask (non-zero = inside) in the relative format; "-1" for an empty mask."""
-    flat = (np.asarray(mask) != 0).T.reshape(-1).astype(np.int8)   # x outer, y inner
+    flat = (np.asarray(mask) != 0).T.reshape(-1).astype(np.int8)  # x outer, y inner
     if not flat.any():
         return EMPTY
     padded = np.concatenate(([0], flat, [0]))

@@ -17,21 +17,37 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bundle.data.prepare.common import (
-    LOG, ManifestOutput, PreparationError, PreparationReport, SkipLog, make_parser, progress, read_csv_rows,
-    record_arguments, relative_path, require_file, run_main, split_proportions, stratified_group_split, write_outputs)
+    LOG,
+    ManifestOutput,
+    PreparationError,
+    PreparationReport,
+    SkipLog,
+    make_parser,
+    progress,
+    read_csv_rows,
+    record_arguments,
+    relative_path,
+    require_file,
+    run_main,
+    split_proportions,
+    stratified_group_split,
+    write_outputs,
+)
 from bundle.data.prepare.masks import dicom_size, rasterise_boxes, write_mask_png
 
 CLASS_NAMES = ["pneumonia"]
 COLUMNS = ("patientId", "x", "y", "width", "height", "Target")
-BOX_CONVENTION = ("[x1, y1, x2, y2] in pixels of the stored DICOM image, x = column, y = row, x2 = x + width, "
-                  "y2 = y + height (stage_2_train_labels.csv); box_label indexes class_names")
+BOX_CONVENTION = (
+    "[x1, y1, x2, y2] in pixels of the stored DICOM image, x = column, y = row, x2 = x + width, "
+    "y2 = y + height (stage_2_train_labels.csv); box_label indexes class_names"
+)
 
 
 @dataclass
 class PatientLabels:
     target: int | None = None
     boxes: list[list[float]] = field(default_factory=list)
-    problem: tuple[str, str] | None = None   # (reason, detail) of the first defect found in its rows
+    problem: tuple[str, str] | None = None  # (reason, detail) of the first defect found in its rows
 
 
 def _box_from_row(row: dict) -> list[float]:
@@ -98,7 +114,7 @@ def prepare(args: argparse.Namespace) -> dict:
             continue
         try:
             rows, cols = dicom_size(path)
-        except Exception as error:   # pydicom raises several types for a broken file
+        except Exception as error:  # pydicom raises several types for a broken file
             skips.skip("unreadable DICOM header", pid, f"{type(error).__name__}: {error}")
             continue
         outside = [b for b in labels.boxes if b[0] < 0 or b[1] < 0 or b[2] > cols or b[3] > rows]
@@ -108,7 +124,8 @@ def prepare(args: argparse.Namespace) -> dict:
         usable[pid] = (path, labels.target, labels.boxes, (rows, cols))
     listed = {f"{pid}.dcm" for pid in patients}
     report.notes["dicoms_without_label_rows"] = sum(
-        1 for name in os.listdir(images_dir) if name.endswith(".dcm") and name not in listed)
+        1 for name in os.listdir(images_dir) if name.endswith(".dcm") and name not in listed
+    )
     report.notes["boxes"] = sum(len(v[2]) for v in usable.values())
 
     proportions = split_proportions(validation=args.val_fraction, test=args.test_fraction)
@@ -125,25 +142,45 @@ def prepare(args: argparse.Namespace) -> dict:
             segmentation[split].append({"image": image, "label": relative_path(mask_path, out), "id": pid})
 
     positive = {pid for pid, v in usable.items() if v[1] == 1}
-    stratum = lambda item: item["id"] in positive   # noqa: E731 - same strata (hence same fractions) in all manifests
+    stratum = lambda item: item["id"] in positive  # noqa: E731 - same strata (hence same fractions) in all manifests
     source = "RSNA Pneumonia Detection Challenge, stage 2 training set (stage_2_train_labels.csv + DICOMs)"
     common_meta = {"source": source, "class_names": CLASS_NAMES, "image_format": "original DICOM files"}
     outputs = [
-        ManifestOutput("classification", "classification", classification,
-                       dict(common_meta, label_type="multi_hot", label_policy="Target 1 -> [1.0], Target 0 -> [0.0]"),
-                       classes_of=lambda it: ["pneumonia" if it["label"][0] else "no_pneumonia"], stratum_of=stratum),
-        ManifestOutput("detection", "detection", detection,
-                       dict(common_meta, box_convention=BOX_CONVENTION),
-                       classes_of=lambda it: ["box"] * len(it["box"]) + [
-                           "image_with_boxes" if it["box"] else "image_without_boxes"], stratum_of=stratum),
+        ManifestOutput(
+            "classification",
+            "classification",
+            classification,
+            dict(common_meta, label_type="multi_hot", label_policy="Target 1 -> [1.0], Target 0 -> [0.0]"),
+            classes_of=lambda it: ["pneumonia" if it["label"][0] else "no_pneumonia"],
+            stratum_of=stratum,
+        ),
+        ManifestOutput(
+            "detection",
+            "detection",
+            detection,
+            dict(common_meta, box_convention=BOX_CONVENTION),
+            classes_of=lambda it: (
+                ["box"] * len(it["box"]) + ["image_with_boxes" if it["box"] else "image_without_boxes"]
+            ),
+            stratum_of=stratum,
+        ),
     ]
     if not args.no_segmentation:
-        outputs.append(ManifestOutput(
-            "segmentation", "segmentation", segmentation,
-            dict(common_meta, mask_format="PNG, uint8, size of the image",
-                 mask_values={"0": "background", "1": "inside a pneumonia box"},
-                 mask_rule="pixel columns floor(x1)..ceil(x2)-1 and rows floor(y1)..ceil(y2)-1 of every box"),
-            classes_of=lambda it: ["pneumonia" if it["id"] in positive else "no_pneumonia"], stratum_of=stratum))
+        outputs.append(
+            ManifestOutput(
+                "segmentation",
+                "segmentation",
+                segmentation,
+                dict(
+                    common_meta,
+                    mask_format="PNG, uint8, size of the image",
+                    mask_values={"0": "background", "1": "inside a pneumonia box"},
+                    mask_rule="pixel columns floor(x1)..ceil(x2)-1 and rows floor(y1)..ceil(y2)-1 of every box",
+                ),
+                classes_of=lambda it: ["pneumonia" if it["id"] in positive else "no_pneumonia"],
+                stratum_of=stratum,
+            )
+        )
     LOG.info("rsna: %d of %d patients usable", len(usable), len(patients))
     return write_outputs(out, report, outputs)
 

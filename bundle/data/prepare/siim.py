@@ -17,9 +17,23 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bundle.data.prepare.common import (
-    LOG, ManifestOutput, PreparationError, PreparationReport, SkipLog, make_parser, progress, read_csv_rows,
-    record_arguments, relative_path, require_file, run_main, seeded_sample, split_proportions, stratified_group_split,
-    write_outputs)
+    LOG,
+    ManifestOutput,
+    PreparationError,
+    PreparationReport,
+    SkipLog,
+    make_parser,
+    progress,
+    read_csv_rows,
+    record_arguments,
+    relative_path,
+    require_file,
+    run_main,
+    seeded_sample,
+    split_proportions,
+    stratified_group_split,
+    write_outputs,
+)
 from bundle.data.prepare.masks import dicom_size, write_mask_png
 from bundle.data.prepare.rle import EMPTY, RLEError, decode_union
 
@@ -52,12 +66,16 @@ def index_dicoms(images_dir: Path) -> dict[str, Path]:
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser("siim", __doc__.splitlines()[0])
     parser.add_argument("--rle_csv", type=Path, help="train-rle.csv (default: SRC/train-rle.csv)")
-    parser.add_argument("--images", type=Path,
-                        help="DICOM folder, searched recursively (default: SRC/dicom-images-train)")
+    parser.add_argument(
+        "--images", type=Path, help="DICOM folder, searched recursively (default: SRC/dicom-images-train)"
+    )
     parser.add_argument("--val_fraction", type=float, default=0.15)
     parser.add_argument("--test_fraction", type=float, default=0.15)
-    parser.add_argument("--no_balance", action="store_true",
-                        help="keep every training image (default: MGCA's all positives + as many random negatives)")
+    parser.add_argument(
+        "--no_balance",
+        action="store_true",
+        help="keep every training image (default: MGCA's all positives + as many random negatives)",
+    )
     return parser
 
 
@@ -87,7 +105,7 @@ def prepare(args: argparse.Namespace) -> dict:
             continue
         try:
             height, width = dicom_size(dicoms[image_id])
-        except Exception as error:   # pydicom raises several types for a broken file
+        except Exception as error:  # pydicom raises several types for a broken file
             skips.skip("unreadable DICOM header", image_id, f"{type(error).__name__}: {error}")
             continue
         try:
@@ -117,16 +135,26 @@ def prepare(args: argparse.Namespace) -> dict:
         mask_path = out / "masks" / "siim" / f"{image_id}.png"
         write_mask_png(decode_union(rles[image_id], height, width), mask_path)
         splits[assignment[image_id]].append(
-            {"image": relative_path(path, out), "label": relative_path(mask_path, out), "id": image_id})
+            {"image": relative_path(path, out), "label": relative_path(mask_path, out), "id": image_id}
+        )
 
     positive = {i for i, v in usable.items() if v[1]}
-    meta = {"source": "SIIM-ACR Pneumothorax Segmentation, stage 1 (train-rle.csv + DICOMs)",
-            "class_names": CLASS_NAMES, "image_format": "original DICOM files",
-            "mask_format": "PNG, uint8, size of the image", "mask_values": {"0": "background", "1": "pneumothorax"},
-            "training_balanced": not args.no_balance}
-    output = ManifestOutput("segmentation", "segmentation", splits, meta,
-                            classes_of=lambda it: ["pneumothorax" if it["id"] in positive else "no_pneumothorax"],
-                            stratum_of=lambda it: it["id"] in positive)
+    meta = {
+        "source": "SIIM-ACR Pneumothorax Segmentation, stage 1 (train-rle.csv + DICOMs)",
+        "class_names": CLASS_NAMES,
+        "image_format": "original DICOM files",
+        "mask_format": "PNG, uint8, size of the image",
+        "mask_values": {"0": "background", "1": "pneumothorax"},
+        "training_balanced": not args.no_balance,
+    }
+    output = ManifestOutput(
+        "segmentation",
+        "segmentation",
+        splits,
+        meta,
+        classes_of=lambda it: ["pneumothorax" if it["id"] in positive else "no_pneumothorax"],
+        stratum_of=lambda it: it["id"] in positive,
+    )
     LOG.info("siim: %d of %d images usable", len(usable), len(rles))
     return write_outputs(out, report, [output])
 
