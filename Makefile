@@ -1,6 +1,6 @@
 # The two set-up commands of README.md and the install recipe they share.
 #   make demo   create/reuse .venv, install, build the demo data, run demo pretraining
-#   make test   create/reuse .venv, install, run the test suite
+#   make test   create/reuse .venv, install, run the style gate (ruff) and the test suite
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: demo test install check-env clean-venv
+.PHONY: demo test style install check-env clean-venv
 
 install: $(STAMP)
 
@@ -31,8 +31,15 @@ $(STAMP): requirements.txt requirements-nodeps.txt Makefile
 check-env:
 	@$(PY) scripts/check_environment.py
 
+# The style gate first (ruff, pyproject.toml settings; `make style` fixes what it can), then the suite.
 test: install
+	$(PY) -m ruff format --check .
+	$(PY) -m ruff check .
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+style: install
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
 
 demo: install
 	$(PY) scripts/run_demo.py --out $(DEMO_DIR)

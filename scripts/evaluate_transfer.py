@@ -43,7 +43,7 @@ from bundle.data.label_fractions import fraction_key  # noqa: E402
 from bundle.downstream.cached_linear_probe import (
     CachedFeatures,
     evaluate_head,
-    extract_features,  # noqa: E402
+    extract_features,
     train_linear_head,
 )
 from bundle.downstream.encoder_loading import parse_encoder  # noqa: E402

@@ -1,4 +1,4 @@
-"""Encoder sources (CM-CGNS image_encoder.pt / model.pt, torchvision ResNet, random) and the frozen-encoder invariant."""
+"""Encoder sources (CM-CGNS image_encoder.pt / model.pt, torchvision ResNet, random); the frozen-encoder invariant."""
 
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 
 import torch
+from monai.transforms import Compose
 from test_classification_fixtures import ROOT, write_tiny_classification_dataset
 
 from bundle.data.image_io import LoadRadiographd, radiograph_transforms
@@ -13,7 +14,6 @@ from bundle.downstream.cached_linear_probe import extract_features
 from bundle.downstream.classifier import EncoderClassifier
 from bundle.downstream.tasks import ClassificationLabeld
 from bundle.networks.image_encoders import build_image_encoder
-from monai.transforms import Compose
 
 torch.set_num_threads(1)
 

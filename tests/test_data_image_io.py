@@ -62,8 +62,7 @@ def test_jpg_and_rgb_png(tmp_path):
 def write_dicom(
     path, stored: np.ndarray, photometric="MONOCHROME2", slope=None, intercept=None, window=None, voi_lut=None
 ):
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.dataset import Dataset
+    from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
     meta = FileMetaDataset()

@@ -40,7 +40,7 @@ MIMIC_REPORT = """                                 FINAL REPORT
  
  1. No acute cardiopulmonary process.
  2. Right upper lobe nodule, recommend CT
-"""
+"""  # noqa: W293 (the blank lines with a space are part of the real report layout)
 
 IU_XML = """<?xml version="1.0" encoding="utf-8"?>
 <eCitation>

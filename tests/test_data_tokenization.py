@@ -45,7 +45,7 @@ def reference(tokenizer, text: str, max_length: int):
         return_special_tokens_mask=True,
     )
     index = []
-    for (a, b), special, mask in zip(enc["offset_mapping"], enc["special_tokens_mask"], enc["attention_mask"]):
+    for (a, _end), special, mask in zip(enc["offset_mapping"], enc["special_tokens_mask"], enc["attention_mask"]):
         if special or not mask:
             index.append(-1)
         else:

@@ -8,6 +8,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from monai.handlers import ValidationHandler
 from test_engine_trainer import StandInModel, make_batch
 
 from bundle.engines.checkpointing import (
@@ -21,7 +22,6 @@ from bundle.engines.evaluator import BatchMean, CMCGNSEvaluator
 from bundle.engines.rng_state import RNGState
 from bundle.engines.stage_schedule import StageScheduleHandler, restart_optimizer
 from bundle.engines.trainer import CMCGNSTrainer
-from monai.handlers import ValidationHandler
 
 torch.set_num_threads(1)
 

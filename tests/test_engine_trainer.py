@@ -22,7 +22,7 @@ L = 6  # tokens per report
 
 
 class StandInModel(nn.Module):
-    """Follows the CMCGNS contract: forward(image, input_ids, attention_mask, token_type_ids, sentence_index) -> dict."""
+    """The CMCGNS contract: forward(image, input_ids, attention_mask, token_type_ids, sentence_index) -> dict."""
 
     def __init__(self):
         super().__init__()

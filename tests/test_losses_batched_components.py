@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from test_model_support import ragged_sentence_index
 
 from bundle.losses.cluster_report_loss import ClusterGuidedReportLoss
 from bundle.losses.global_contrastive import GlobalContrastiveLoss
@@ -21,7 +22,6 @@ from bundle.losses.reference import (
 from bundle.networks.attention_pool import MeanQueryAttentionPool
 from bundle.networks.cross_modal_attention import SigmoidCrossModalAttention
 from bundle.networks.sentence_features import gather_sentences
-from test_model_support import ragged_sentence_index
 
 torch.set_num_threads(1)
 ATOL = 1e-5

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from test_model_support import ragged_sentence_index, tiny_model_kwargs, tiny_text_batch, tiny_text_model_dir
 
 from bundle.losses.reference import loop_alignment_losses
 from bundle.networks.cmcgns import CMCGNS
-from test_model_support import ragged_sentence_index, tiny_model_kwargs, tiny_text_batch, tiny_text_model_dir
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from test_model_support import tiny_text_model_dir
 
 from bundle.networks.image_encoders import ResNetImageEncoder, ViTImageEncoder, build_image_encoder
 from bundle.networks.text_encoder import TextEncoder
 from bundle.networks.torchvision_resnet_weights import load_torchvision_resnet_weights, torchvision_resnet_to_monai
-from test_model_support import tiny_text_model_dir
 
 torch.set_num_threads(1)
 ARCH = {18: ([2, 2, 2, 2], 1), 50: ([3, 4, 6, 3], 4)}

@@ -70,7 +70,7 @@ def tiny_text_batch(counts: list[int], length: int, generator: torch.Generator):
     """input_ids, attention_mask, token_type_ids, sentence_index for the tiny vocabulary."""
     sentence_index = ragged_sentence_index(counts, length, generator)
     real = torch.zeros_like(sentence_index, dtype=torch.bool)
-    for b, count in enumerate(counts):
+    for b in range(len(counts)):
         last = int((sentence_index[b] > 0).nonzero().max()) + 1  # the [SEP] position
         real[b, : last + 1] = True
     input_ids = torch.randint(5, len(TINY_VOCAB), sentence_index.shape, generator=generator)

@@ -9,10 +9,10 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+from test_pretrain_fixtures import ROOT
 
 from bundle.engines.plotting import moving_average, plot_pretrain_curves
 from bundle.engines.progress import read_history
-from test_pretrain_fixtures import ROOT
 
 
 def _write_history(path, resumed_duplicate=True):
@@ -122,7 +122,7 @@ Traceback (most recent call last):
   File "/x/workflows.py", line 1, in initialize
 RuntimeError: Failed to evaluate ConfigExpression: 
 2026-12-01 10:00:00,000 - INFO - a log line after it
-"""
+"""  # noqa: W291 (MONAI prints the message with a trailing space)
 
 
 def test_traceback_filter_folds_tracebacks_and_finds_the_bundle_error():

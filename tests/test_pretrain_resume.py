@@ -61,7 +61,7 @@ def assert_same_optimizer_state(a: dict, b: dict) -> None:
 def test_killed_and_resumed_run_matches_uninterrupted_run(
     tmp_path,
     tiny_dataset,
-    tiny_text_model,  # noqa: F811
+    tiny_text_model,
     kill_event,
     killed_at,
 ):

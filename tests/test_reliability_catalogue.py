@@ -19,9 +19,14 @@ from ignite.engine import Engine
 from monai.bundle import ConfigWorkflow
 from test_classification_fixtures import CONFIGS, LOGGING, META, write_tiny_classification_dataset
 from test_classification_fixtures import tiny_overrides as classification_overrides
-from test_pretrain_fixtures import ROOT, make_tiny_pretrain_dataset, minilm_dir, tiny_dataset  # noqa: F401
+from test_pretrain_fixtures import (  # noqa: F401
+    ROOT,
+    make_tiny_pretrain_dataset,
+    minilm_dir,
+    tiny_dataset,
+    tiny_text_model,
+)
 from test_pretrain_fixtures import tiny_overrides as pretrain_overrides
-from test_pretrain_fixtures import tiny_text_model  # noqa: F401
 
 from bundle.data.manifest import ManifestError, load_manifest, write_manifest
 from bundle.downstream.class_checks import (
@@ -487,9 +492,9 @@ def test_a_tokenizer_larger_than_the_model_vocabulary_is_refused(tmp_path):
 
 def test_the_pretrain_workflow_refuses_a_too_large_batch_in_initialize(
     tmp_path,
-    tiny_dataset,  # noqa: F811
+    tiny_dataset,
     tiny_text_model,
-):  # noqa: F811
+):
     overrides = dict(pretrain_overrides(tiny_dataset, tiny_text_model, tmp_path), batch_size=13)
     wf = ConfigWorkflow(config_file=PRETRAIN, meta_file=META, workflow_type="train", **overrides)
     raises_from_config(PreflightError, "has 12 items, 12 per process on 1 process(es)", wf.initialize)

@@ -187,7 +187,7 @@ class PhantomRenderer:
 
     # -- anatomy
     def anatomy(self) -> None:
-        f, rng, u = self.f, self.rng, self.u
+        f, u = self.f, self.u
         X, Y = f.X, f.Y
         emph = "emphysema" in self.by_class
         hypo = "hypoinflation" in self.by_class

@@ -27,7 +27,7 @@ def save_overlay(records: Sequence[dict], path: str | Path, score_thresh: float 
         ax.axis("off")
     for ax, rec in zip(axes.flat, records):
         ax.imshow(load_radiograph(rec["image"]), cmap="gray", vmin=0, vmax=1)
-        for (x1, y1, x2, y2), name in zip(rec["box"], rec["box_label"]):
+        for x1, y1, x2, y2 in rec["box"]:
             ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="lime", linewidth=1.2))
         shown = 0
         for (x1, y1, x2, y2), name, score in zip(rec["pred_box"], rec["pred_label"], rec["pred_score"]):

@@ -20,7 +20,7 @@ def segmentation_postprocessing(threshold: float = 0.5) -> Compose:
 
 
 class ProbabilitiesToLabelMapd(MapTransform):
-    """[C, H, W] sigmoid probabilities -> [1, H, W] label map with `class_ids[c]` where channel c wins (>= threshold)."""
+    """[C, H, W] sigmoid probabilities -> [1, H, W] label map: `class_ids[c]` where channel c wins (>= threshold)."""
 
     def __init__(self, class_ids: Sequence[int], keys="pred", threshold: float = 0.5) -> None:
         super().__init__(keys)

@@ -21,8 +21,8 @@ from monai.utils import min_version, optional_import
 
 from bundle.engines import distributed as dist_utils
 from bundle.engines.batch import batch_ids, drop_empty_reports, to_model_inputs
-from bundle.losses.diagnostics import DIAGNOSTIC_KEYS
 from bundle.engines.trainer import any_rank, average_over_ranks, resolve_amp_dtype, scalar_outputs
+from bundle.losses.diagnostics import DIAGNOSTIC_KEYS
 
 Metric, _ = optional_import("ignite.metrics", "0.4.11", min_version, "Metric")
 reinit__is_reduced, _ = optional_import("ignite.metrics.metric", "0.4.11", min_version, "reinit__is_reduced")

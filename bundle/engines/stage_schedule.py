@@ -18,11 +18,10 @@ import logging
 import os
 
 import torch
+from monai.utils import min_version, optional_import
 
 from bundle.engines import distributed as dist_utils
 from bundle.engines.checkpointing import atomic_torch_save, load_model_weights
-
-from monai.utils import min_version, optional_import
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 

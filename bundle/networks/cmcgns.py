@@ -33,7 +33,6 @@ from bundle.networks.reconstruction_decoder import (
 from bundle.networks.sentence_features import sentence_means, sentence_tokens
 from bundle.networks.text_encoder import TextEncoder
 
-
 # Diagnostics the report loss computes on its own C (bundle/losses/diagnostics.py has the rest).
 REPORT_DIAGNOSTICS = ("local_top1", "local_chance_top1", "assignment_entropy", "fn_mask_density", "hard_negative_cos")
 

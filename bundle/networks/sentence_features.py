@@ -21,7 +21,7 @@ def sentence_tokens(tokens: torch.Tensor, sentence_index: torch.Tensor) -> torch
 
 
 def sentence_means(selected: torch.Tensor, sentence_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """selected [M, D] = `sentence_tokens(...)`, sentence_index [B, L] -> (sentences [B, S_max, D], valid [B, S_max])."""
+    """selected [M, D] = sentence_tokens(...), sentence_index [B, L] -> (sentences [B, S_max, D], valid [B, S_max])."""
     batch = sentence_index.shape[0]
     largest = int(sentence_index.max()) if sentence_index.numel() else 0
     if largest < 1:

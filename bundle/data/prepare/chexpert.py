@@ -14,6 +14,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
+from bundle.data.label_fractions import seeded_order_key
 from bundle.data.prepare.common import (
     LOG,
     ManifestOutput,
@@ -30,7 +31,6 @@ from bundle.data.prepare.common import (
     run_main,
     write_outputs,
 )
-from bundle.data.label_fractions import seeded_order_key
 
 TASKS = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
 DEFAULT_U_ONES = ["Atelectasis", "Edema", "Pleural Effusion"]

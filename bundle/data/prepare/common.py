@@ -423,7 +423,7 @@ def format_summary(summary: dict, summary_path: Path) -> str:
         f"== {summary['dataset']}: prepared from {summary['source']} (seed {summary['seed']}, "
         f"script {summary['script_version']}) =="
     ]
-    for name, entry in summary["manifests"].items():
+    for entry in summary["manifests"].values():
         lines.append(f"manifest {entry['path']} ({entry['task']})")
         rows = list(entry["splits"].items()) + [(f"fraction {k}", v) for k, v in entry.get("fractions", {}).items()]
         for split, s in rows:
