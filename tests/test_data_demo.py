@@ -346,3 +346,47 @@ def test_mesh_terms_map_to_findings_with_qualifiers():
         assert mesh_to_finding(term) is None, term
     findings, not_drawn = findings_from_mesh(["normal", "Aorta/tortuous", "Scoliosis"])
     assert [f.cls for f in findings] == ["scoliosis"] and not_drawn == ["Aorta/tortuous"]
+
+
+# ----------------------------------------------------------------------------------------------- grounding cases
+def test_grounding_manifest_names_the_sentence_of_each_drawn_mask_finding(demo):
+    """Expected sentences read off REPORTS by hand (report text = IMPRESSION + ' ' + FINDINGS, cleaned)."""
+    from bundle.data.image_io import load_label_map
+
+    base, _ = demo
+    content = read(base / "out" / "manifests" / "grounding.json")
+    expected = {
+        "3": {"pleural_effusion": "right effusion"},
+        "8": {
+            "calcified_granuloma": "calcified granuloma in the left upper lobe",
+            "lung_opacity": "right basilar opacity",
+        },
+        "12": {"nodule_mass": "right upper lobe nodule"},
+        "13": {"pneumothorax": "moderate right pneumothorax"},
+        "34": {"atelectasis": "left basilar atelectasis"},
+    }
+    seen = set()
+    for split in ("training", "validation", "test"):
+        for item in load_manifest(base / "out" / "manifests" / "grounding.json", split):
+            report_number = item["id"].split("_")[0]
+            drawn = set(np.unique(load_label_map(item["label"])).tolist()) - {0}
+            for phrase in item["phrases"]:
+                assert phrase["class_id"] in drawn  # the region exists in this image's mask
+                assert CLASS_NAMES[phrase["class_id"]] == phrase["class"]
+                want = expected[report_number][phrase["class"]]
+                assert phrase["text"] == want
+                seen.add((report_number, phrase["class"]))
+    # every expected case whose finding was drawn in at least one variant is there
+    assert {("3", "pleural_effusion"), ("13", "pneumothorax"), ("34", "atelectasis")} <= seen
+    assert content["meta"]["mask_findings_with_sentence"] <= content["meta"]["mask_findings_drawn"]
+    assert not any(r in {"5", "21", "40"} for r, _ in seen)  # no mask finding in those reports
+
+
+def test_grounding_sentence_skips_negated_mentions():
+    from bundle.data.demo_grounding import affirmative_sentence
+
+    sentences = ["no pleural effusion or pneumothorax", "small left effusion , no pneumothorax"]
+    assert affirmative_sentence(sentences, "pleural_effusion") == (1, sentences[1])
+    assert affirmative_sentence(sentences, "pneumothorax") is None
+    assert affirmative_sentence(["stable 1 cm nodule"], "nodule_mass") == (0, "stable 1 cm nodule")
+    assert affirmative_sentence(["the lungs are clear"], "lung_opacity") is None

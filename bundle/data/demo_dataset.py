@@ -42,6 +42,7 @@ from bundle.data.demo_classes import (
     findings_from_mesh,
     multi_hot,
 )
+from bundle.data.demo_grounding import grounding_phrases
 from bundle.data.label_fractions import DEFAULT_FRACTIONS, fractions_meta, nested_fraction_subsets
 from bundle.data.manifest import write_manifest
 from bundle.data.phantom import render_phantom
@@ -260,11 +261,11 @@ def render_all(
 def build_manifests(
     reports: list[DemoReport], samples: list[dict], assignment: dict[str, str], seed: int, size: int, variants: int
 ) -> dict[str, tuple[dict, dict]]:
-    """{name: (splits, meta)} for pretrain, classification, segmentation and detection."""
+    """{name: (splits, meta)} for pretrain, classification, segmentation, detection and grounding."""
     by_report = {r.report_id: r for r in reports}
-    splits = {
-        name: {s: [] for s in SPLIT_FRACTIONS} for name in ("pretrain", "classification", "segmentation", "detection")
-    }
+    names = ("pretrain", "classification", "segmentation", "detection", "grounding")
+    splits = {name: {s: [] for s in SPLIT_FRACTIONS} for name in names}
+    grounding_counts = Counter()
     for sample in samples:
         report = by_report[sample["report_id"]]  # the sample's own report: ids come from the same record
         split = assignment[report.report_id]
@@ -275,6 +276,12 @@ def build_manifests(
         splits["detection"][split].append(
             {"id": sid, "image": image, "box": sample["boxes"], "box_label": sample["box_labels"]}
         )
+        phrases = grounding_phrases(report.text, sample["mask_classes"], CLASS_INDEX)
+        grounding_counts.update(mask_drawn=len(sample["mask_classes"]), cases=len(phrases))
+        if phrases:
+            splits["grounding"][split].append(
+                {"id": sid, "image": image, "label": f"masks/{sid}.png", "report": report.text, "phrases": phrases}
+            )
     base = {
         "source": SOURCE,
         "class_names": list(CLASS_NAMES),
@@ -317,11 +324,20 @@ def build_manifests(
             box_label="index in class_names",
             box_classes={c: CLASS_INDEX[c] for c in BOX_CLASSES},
         ),
+        "grounding": dict(
+            base,
+            task="grounding",
+            phrases="per item: the report sentence naming each drawn mask finding (bundle/data/demo_grounding.py)",
+            region="label-map pixels equal to the phrase's class_id",
+            mask_classes={c: CLASS_INDEX[c] for c in MASK_CLASSES},
+            mask_findings_drawn=grounding_counts["mask_drawn"],
+            mask_findings_with_sentence=grounding_counts["cases"],
+        ),
     }
     out = {}
     for name, name_splits in splits.items():
         meta = metas[name]
-        if name != "pretrain":
+        if name in stratum:
             subsets = nested_fraction_subsets(
                 name_splits["training"], DEFAULT_FRACTIONS, seed=seed, label_key=None, stratum_of=stratum[name]
             )

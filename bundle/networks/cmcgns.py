@@ -307,13 +307,44 @@ class CMCGNS(nn.Module):
     def _project(self, local_features, global_feature, token_features, sentence_index):
         """The L2-normalised embeddings: image tokens [B, P, D], image vector [B, D], sentences [B, S, D] with their
         validity mask [B, S], report vector [B, D]."""
+        image_tokens, image_global = self._project_image(local_features, global_feature)
+        sentences, valid, report_global = self._project_text(token_features, sentence_index)
+        return image_tokens, image_global, sentences, valid, report_global
+
+    def _project_image(self, local_features, global_feature):
         image_tokens = F.normalize(self.local_image_projection(local_features), dim=-1)
         image_global = F.normalize(self.global_image_projection(global_feature), dim=-1)
+        return image_tokens, image_global
+
+    def _project_text(self, token_features, sentence_index):
         # Only tokens inside a sentence reach a loss ([CLS], [SEP] and padding do not): project just those.
         token_embed = F.normalize(self.local_text_projection(sentence_tokens(token_features, sentence_index)), dim=-1)
         sentences, valid = sentence_means(token_embed, sentence_index)
         report_global = F.normalize(self.sentence_pool(sentences, valid), dim=-1)
-        return image_tokens, image_global, sentences, valid, report_global
+        return sentences, valid, report_global
+
+    @torch.no_grad()
+    def embed_image(self, image):
+        """Image side of the joint space (zero-shot, retrieval without reports): image_global [B, D] and
+        image_tokens [B, P, D], L2-normalised."""
+        image_tokens, image_global = self._project_image(*self.image_encoder(image))
+        return {"image_global": image_global, "image_tokens": image_tokens}
+
+    @torch.no_grad()
+    def embed_text(self, input_ids, attention_mask, token_type_ids=None, sentence_index=None):
+        """Text side of the joint space (class prompts, grounding phrases): report_global [B, D], sentences
+        [B, S, D] and sentence_mask [B, S], L2-normalised."""
+        if sentence_index is None:
+            raise ValueError("sentence_index is required (see bundle/data/tokenization.py)")
+        tokens = self.text_encoder(input_ids, attention_mask, token_type_ids)
+        sentences, valid, report_global = self._project_text(tokens, sentence_index)
+        return {"report_global": report_global, "sentences": sentences, "sentence_mask": valid}
+
+    @torch.no_grad()
+    def sentence_attention(self, image_tokens, sentences, sentence_mask):
+        """A1, the sentence-to-region weights [B, S, P] of the cross-modal attention (method.md 4.2), for image
+        tokens [B, P, D] and sentences [B, S, D] from embed_image / embed_text (the same B)."""
+        return self.cross_attention(image_tokens, sentences, sentence_mask).attn_image_to_text
 
     @torch.no_grad()
     def embed(self, image, input_ids, attention_mask, token_type_ids=None, sentence_index=None):
