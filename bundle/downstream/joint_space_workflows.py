@@ -165,7 +165,7 @@ def run_grounding(
     result = summarise_grounding(rows)
     result.update(split=split, threshold=threshold, control_sentence=control_sentence)
     out_dir = Path(out_dir)
-    _write_json(out_dir / f"grounding_{split}.json", dict(result, cases=rows))
+    _write_json(out_dir / f"grounding_{split}.json", dict(result, per_case=rows))
     if shown:
         from bundle.downstream.grounding_overlay import plot_grounding_examples
 
