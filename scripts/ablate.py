@@ -336,6 +336,14 @@ def main(argv=None) -> int:
         default="",
         help='extra bundle overrides for every pretraining run, one quoted string (e.g. "--demo_train_items 1200")',
     )
+    p.add_argument(
+        "--priority",
+        nargs="*",
+        default=[],
+        choices=list(VARIANTS),
+        help="variants whose missing cells run before the others' (finished cells are always read first)",
+    )
+    p.add_argument("--stop_after_priority", action="store_true", help="run no missing cell of another variant")
     p.add_argument("--work_dir", default=str(ROOT / "runs" / "ablation"))
     p.add_argument("--results_dir", default=str(ROOT / "docs" / "results"))
     args = p.parse_args(argv)
@@ -351,6 +359,11 @@ def main(argv=None) -> int:
     # seed-major: every variant gets its first pretraining seed before any gets its second, so a stopped ablation
     # still compares all variants
     cells = [(v, s) for s in args.seeds for v in args.variants]
+
+    def finished(cell):
+        return (Path(args.work_dir) / f"{cell[0]}_seed{cell[1]}" / "result.json").is_file()
+
+    cells.sort(key=lambda c: (not finished(c), c[0] not in args.priority))  # stable: seed-major within each group
     for done, (name, seed) in enumerate(cells, 1):
         cell_start = time.perf_counter()
         cached = Path(args.work_dir) / f"{name}_seed{seed}" / "result.json"
@@ -358,6 +371,9 @@ def main(argv=None) -> int:
             results.append(json.loads(cached.read_text(encoding="utf-8")))
             logger.info("[%d/%d] %s seed %d: reusing %s", done, len(cells), name, seed, cached)
             continue
+        if args.stop_after_priority and name not in args.priority:
+            logger.info("stopping before %s seed %d (--stop_after_priority)", name, seed)
+            break
         run_dir = None if name == "a_random" else pretrain(name, seed, args, total)
         row = {"variant": name, "seed": seed}
         if run_dir is None:

@@ -178,3 +178,40 @@ def test_evaluate_grounding_config_scores_every_case_against_its_baselines(tmp_p
         assert row["model_pointing"] in (0.0, 1.0) and 0.0 <= row["model_mass"] <= 1.0
     assert (tmp_path / "eval" / "grounding_test.png").stat().st_size > 1000
     assert math.isfinite(summary["overall"]["model_iou"])
+
+
+def test_grounding_manifest_from_detection_boxes(tmp_path):
+    import importlib.util
+
+    from bundle.data.manifest import ManifestError, load_manifest
+    from bundle.downstream.joint_space_workflows import _region
+
+    spec = importlib.util.spec_from_file_location("mgm", ROOT / "scripts" / "make_grounding_manifest.py")
+    mgm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mgm)
+    content = {
+        "meta": {"class_names": ["background", "pneumonia"]},
+        "training": [],
+        "validation": [],
+        "test": [
+            {"id": "a", "image": "images/a.png", "box": [[2, 1, 5, 3], [6, 6, 8, 8]], "box_label": [1, 1]},
+            {"id": "b", "image": "images/b.png", "box": [], "box_label": []},
+        ],
+    }
+    splits, meta = mgm.grounding_from_detection(content, {"pneumonia": "there is a pneumonia"})
+    assert [it["id"] for it in splits["test"]] == ["a"] and meta["images_without_box"] == 1 and meta["cases"] == 1
+    phrase = splits["test"][0]["phrases"][0]
+    assert phrase == {
+        "text": "there is a pneumonia",
+        "class": "pneumonia",
+        "class_id": 1,
+        "box": [[2, 1, 5, 3], [6, 6, 8, 8]],
+    }
+    assert _region(splits["test"][0], phrase, (10, 10)).sum() == 6 + 4
+    with pytest.raises(ManifestError, match="effusion"):
+        mgm.grounding_from_detection(content, {"effusion": "x"})
+    (tmp_path / "manifests").mkdir()
+    (tmp_path / "images").mkdir()
+    Image.fromarray(np.zeros((10, 10), dtype=np.uint8), mode="L").save(tmp_path / "images" / "a.png")
+    mgm.write_manifest(tmp_path / "manifests" / "g.json", splits, meta)
+    assert load_manifest(tmp_path / "manifests" / "g.json", "test")[0]["image"] == str(tmp_path / "images" / "a.png")

@@ -55,7 +55,9 @@ def run_retrieval(network, loader: Iterable, checkpoint, manifest, split: str, o
     """Whole-split image <-> report retrieval (R@1/5/10, median rank, chance); embeddings cached in out_dir."""
     out_dir = Path(out_dir)
     key = cache_key(task="retrieval", ckpt=file_signature(checkpoint), manifest=file_signature(manifest), split=split)
-    embeddings = cached(out_dir / f"embeddings_{split}.pt", key, lambda: embed_split(network, loader, device))
+    embeddings = cached(
+        out_dir / f"embeddings_{split}.pt", key, lambda: embed_split(network, loader, device, local=False)
+    )
     result = split_retrieval(embeddings)
     result.update(split=split, pairs=len(embeddings["ids"]), dropped_empty_reports=embeddings["dropped"])
     _write_json(out_dir / f"retrieval_{split}.json", result)
@@ -127,6 +129,7 @@ def run_grounding(
     threshold: float = 0.5,
     examples: int = 12,
     control_sentence: str = CONTROL_SENTENCE,
+    batch_size: int = 32,
 ) -> dict:
     """Pointing game, thresholded IoU and mass in region of each phrase's A1 map against its region, with the
     uniform, centre-prior and other-sentence (`control_sentence` on the same image) baselines.
@@ -134,15 +137,32 @@ def run_grounding(
     `dataset` yields preprocessed items (image [1, h, w] MetaTensor with its applied operations, plus the raw
     manifest fields: phrases, label / boxes); `inverse(map [1, h, w], image)` maps back to the stored image."""
     network.eval()
+    items = list(dataset)
+    # every distinct sentence embedded once, every image once, in batches; then A1 for all (image, sentence) pairs
+    texts = sorted({p["text"] for item in items for p in item["phrases"]} | {control_sentence})
+    text_index = {t: i for i, t in enumerate(texts)}
+    text = embed_texts(network, texts, tokenizer, device)  # a phrase is one sentence: its first is used
+    sentences, valid = text["sentences"][:, :1], text["sentence_mask"][:, :1]
+    tokens = (
+        torch.cat(
+            [
+                network.embed_image(
+                    torch.stack([it["image"].as_tensor() for it in items[i : i + batch_size]]).to(
+                        device=device, dtype=torch.float32
+                    )
+                )["image_tokens"].cpu()
+                for i in range(0, len(items), batch_size)
+            ]
+        )
+        if items
+        else None
+    )
     rows, shown = [], []
-    for item in dataset:
+    for n, item in enumerate(items):
         image = item["image"]
-        emb = network.embed_image(image.as_tensor()[None].to(device=device, dtype=torch.float32))
-        texts = [p["text"] for p in item["phrases"]] + [control_sentence]
-        text = embed_texts(network, texts, tokenizer, device)  # a phrase is one sentence: its first is used
-        tokens = emb["image_tokens"].expand(len(texts), -1, -1)
-        sentences, valid = text["sentences"][:, :1].to(device), text["sentence_mask"][:, :1].to(device)
-        a1 = network.sentence_attention(tokens, sentences, valid)
+        chosen = [text_index[p["text"]] for p in item["phrases"]] + [text_index[control_sentence]]
+        pair_tokens = tokens[n : n + 1].expand(len(chosen), -1, -1).to(device)
+        a1 = network.sentence_attention(pair_tokens, sentences[chosen].to(device), valid[chosen].to(device))
         maps = _to_original(attention_to_input(a1[:, 0].cpu(), image.shape[1:]), image, inverse)
         shape = maps.shape[1:]
         centre = centre_prior(shape)

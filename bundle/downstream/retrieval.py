@@ -33,12 +33,14 @@ def retrieval_metrics(similarity: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) 
 
 
 @torch.no_grad()
-def embed_split(model: torch.nn.Module, loader: Iterable, device: torch.device | str = "cpu") -> dict:
-    """Global image and report embeddings of every pair of a pretraining loader (eval mode), plus the model's
-    in-batch local report retrieval top-1 and its chance per batch. Rows whose report is empty are dropped and
-    counted."""
+def embed_split(
+    model: torch.nn.Module, loader: Iterable, device: torch.device | str = "cpu", local: bool = True
+) -> dict:
+    """Global image and report embeddings of every pair of a pretraining loader (eval mode), plus (with `local`,
+    one more full forward per batch) the model's in-batch local report retrieval top-1 and its chance per batch.
+    Rows whose report is empty are dropped and counted."""
     model.eval()
-    images, reports, ids, local, chance, dropped = [], [], [], [], [], 0
+    images, reports, ids, local_top1, chance, dropped = [], [], [], [], [], 0
     start = time.perf_counter()
     for batch in loader:
         kept, lost = drop_empty_reports(batch)
@@ -49,9 +51,10 @@ def embed_split(model: torch.nn.Module, loader: Iterable, device: torch.device |
         emb = model.embed(**inputs)
         images.append(emb["image_global"].float().cpu())
         reports.append(emb["report_global"].float().cpu())
-        out = model(**inputs)
-        local.append(float(out["local_top1"]))
-        chance.append(float(out["local_chance_top1"]))
+        if local:
+            out = model(**inputs)
+            local_top1.append(float(out["local_top1"]))
+            chance.append(float(out["local_chance_top1"]))
         ids.extend(batch_ids(kept))
         logger.info("embedded %d pairs (%.1f pairs/s)", len(ids), len(ids) / (time.perf_counter() - start))
     return {
@@ -59,8 +62,8 @@ def embed_split(model: torch.nn.Module, loader: Iterable, device: torch.device |
         "report": torch.cat(reports),
         "ids": ids,
         "dropped": dropped,
-        "local_top1": sum(local) / len(local),
-        "local_chance_top1": sum(chance) / len(chance),
+        "local_top1": sum(local_top1) / len(local_top1) if local_top1 else float("nan"),
+        "local_chance_top1": sum(chance) / len(chance) if chance else float("nan"),
     }
 
 
