@@ -49,7 +49,7 @@ from bundle.data.phantom import render_phantom
 from bundle.data.reports import MIN_REPORT_TOKENS, ReportParseError, is_usable_report, parse_iu_report_xml
 
 LOG = logging.getLogger("bundle.data.demo")
-SCRIPT_VERSION = "1.0.0"
+SCRIPT_VERSION = "1.1.0"  # 1.1.0: manifests/grounding.json
 SPLIT_FRACTIONS = {"training": 0.8, "validation": 0.1, "test": 0.1}
 SOURCE = (
     "Indiana University Chest X-ray Collection reports (Open-i, CC BY-NC-ND 4.0; text only) paired with "
