@@ -110,6 +110,12 @@ def test_pointing_iou_mass_and_baselines_on_a_synthetic_map():
     far = np.zeros((10, 20))
     far[9, 19] = 1.0
     assert pointing_hit(far, region) == 0.0 and thresholded_iou(far, region) == 0.0
+    # a flat 4 x 4 maximum in the corner (an upsampled corner token) points at its middle, not at pixel (0, 0)
+    plateau = np.zeros((10, 20))
+    plateau[:4, :4] = 1.0
+    middle = np.zeros((10, 20), dtype=bool)
+    middle[1:3, 1:3] = True
+    assert pointing_hit(plateau, middle) == 1.0
     assert uniform_scores(region) == {"pointing": 0.06, "iou": 0.06, "mass": 0.06}
     centre = centre_prior((10, 20))
     assert np.unravel_index(int(np.argmax(centre)), centre.shape) in {(4, 9), (4, 10), (5, 9), (5, 10)}

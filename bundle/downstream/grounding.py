@@ -7,7 +7,7 @@ bilinear upsampling to the network input (crop_size x crop_size) -> the inverse 
 the stored image's size, 0 where the crop removed the image border.
 
 Scores, per (image, sentence, ground-truth region) at the stored image's size:
-- pointing game: the map's maximum lies inside the region (ties: the first maximum in row-major order);
+- pointing game: the map's maximum lies inside the region (on a plateau: the maximal pixel nearest its centroid);
 - IoU of the map thresholded at half its range ((m - min) / (max - min) >= 0.5) with the region;
 - mass in region: the share of the map's (non-negative) mass inside the region.
 Baselines on the same regions: a uniform map (pointing = the region's area fraction, the expected hit of a random
@@ -59,10 +59,19 @@ def normalise(heat: np.ndarray) -> np.ndarray:
     return (heat - low) / (high - low)
 
 
+def pointing_location(heat: np.ndarray) -> tuple[int, int]:
+    """The map's maximum; on a plateau (an upsampled token grid is flat near its borders) the maximal pixel nearest
+    the plateau's centroid, not its first pixel in row-major order (which would favour the top-left corner)."""
+    top = heat.max()
+    rows, cols = np.nonzero(heat >= top - 1e-9 * max(1.0, abs(float(top))))
+    k = int(np.argmin((rows - rows.mean()) ** 2 + (cols - cols.mean()) ** 2))
+    return int(rows[k]), int(cols[k])
+
+
 def pointing_hit(heat: np.ndarray, region: np.ndarray) -> float:
-    """1.0 when the map's first maximum (row-major) lies inside the region, else 0.0."""
+    """1.0 when the map's maximum (pointing_location) lies inside the region, else 0.0."""
     _check(heat, region)
-    return float(region.reshape(-1)[int(np.argmax(heat))])
+    return float(region[pointing_location(heat)])
 
 
 def thresholded_iou(heat: np.ndarray, region: np.ndarray, threshold: float = 0.5) -> float:

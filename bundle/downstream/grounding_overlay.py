@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bundle.downstream.grounding import pointing_location
+
 
 def plot_grounding_examples(examples: Sequence[dict], path: str | Path, columns: int = 4) -> Path:
     import matplotlib
@@ -27,7 +29,7 @@ def plot_grounding_examples(examples: Sequence[dict], path: str | Path, columns:
         ax.imshow(ex["image"], cmap="gray", vmin=0, vmax=1)
         ax.imshow(heat, cmap="jet", alpha=0.35, vmin=0, vmax=1)
         ax.contour(ex["region"].astype(float), levels=[0.5], colors="white", linewidths=1.0)
-        r, c = np.unravel_index(int(np.argmax(ex["map"])), ex["map"].shape)
+        r, c = pointing_location(ex["map"])
         ax.plot(c, r, marker="x", color="white" if ex.get("model_pointing") else "red", markersize=9, mew=2)
         hit = "hit" if ex.get("model_pointing") else "miss"
         ax.set_title("\n".join(textwrap.wrap(f"{ex['text']} [{ex.get('class')}, {hit}]", 34)), fontsize=7)
