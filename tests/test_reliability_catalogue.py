@@ -141,16 +141,18 @@ def test_deterministic_true_string_switches_deterministic_algorithms_on():
 def test_every_boolean_id_of_the_configs_is_read_through_as_bool():
     # the top-level ids whose default is a boolean, and every place a config reads them
     uses = []
-    for name in ("pretrain.yaml", "multi_gpu_pretrain.yaml", "classification.yaml", "evaluate_pretrain.yaml"):
+    names = ("pretrain.yaml", "multi_gpu_pretrain.yaml", "classification.yaml", "evaluate_pretrain.yaml")
+    for name in names + ("evaluate_zero_shot.yaml",):
         text = (ROOT / "configs" / name).read_text()
-        for flag in ("@resume", "@deterministic", "@amp"):
+        for flag in ("@resume", "@deterministic", "@amp", "@prompt_ensemble"):
             start = 0
             while (i := text.find(flag, start)) >= 0:
                 start = i + 1
                 if text[i + len(flag)] in "_#":  # @resume_checkpoint, @amp_dtype
                     continue
                 uses.append((name, flag, text[max(0, i - 8) : i] == "as_bool("))
-    assert len(uses) >= 10 and all(wrapped for *_, wrapped in uses), [u for u in uses if not u[2]]
+    assert len(uses) >= 11 and all(wrapped for *_, wrapped in uses), [u for u in uses if not u[2]]
+    assert ("evaluate_zero_shot.yaml", "@prompt_ensemble", True) in uses
 
 
 # ----------------------------------------------------------------------------------------------- 2. checkpoints
