@@ -25,9 +25,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
-import shlex
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -46,7 +43,8 @@ from bundle.downstream.cached_linear_probe import (
     extract_features,
     train_linear_head,
 )
-from bundle.downstream.encoder_loading import parse_encoder  # noqa: E402
+from bundle.downstream.encoder_loading import parse_encoder
+from bundle.downstream.grid_report import command_footer, mean_spread, plot_fraction_curves  # noqa: E402
 from bundle.downstream.metrics import MacroAUROC  # noqa: E402
 
 logger = logging.getLogger("evaluate_transfer")
@@ -224,28 +222,6 @@ def run_fine_tune_grid(args, encoders, key: str) -> list[dict]:
     return rows
 
 
-def command_args(argv: list[str]) -> list[str]:
-    """The command line as run, without --note (its text is already in the file)."""
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--note":
-            skip = True
-        elif not arg.startswith("--note="):
-            out.append(arg)
-    return out
-
-
-def mean_spread(values: list[float]) -> str:
-    finite = [v for v in values if not math.isnan(v)]
-    if not finite:
-        return "undefined"
-    if len(finite) == 1:
-        return f"{finite[0]:.4f} (n=1)"
-    return f"{statistics.mean(finite):.4f} ± {statistics.stdev(finite):.4f} (n={len(finite)})"
-
-
 def write_report(args, rows: list[dict], key: str, seconds: float) -> tuple[Path, Path]:
     results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
@@ -303,13 +279,7 @@ def write_report(args, rows: list[dict], key: str, seconds: float) -> tuple[Path
         )
     if args.note:
         lines += ["", args.note]
-    lines += [
-        "",
-        f"Command: `python scripts/evaluate_transfer.py {shlex.join(command_args(args.argv))}`; "
-        f"{seconds / 60:.1f} min on {torch.get_num_threads()} CPU thread(s)"
-        f"{' + GPU' if torch.cuda.is_available() else ''}.",
-        "",
-    ]
+    lines += command_footer(args.argv, seconds)
     md.write_text("\n".join(lines), encoding="utf-8")
 
     import matplotlib
@@ -318,18 +288,10 @@ def write_report(args, rows: list[dict], key: str, seconds: float) -> tuple[Path
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for enc in encoders:
-        means, stds = [], []
-        for f in args.fractions:
-            vals = [r["test"] for r in rows if r["encoder"] == enc and r["fraction"] == f and not math.isnan(r["test"])]
-            means.append(statistics.mean(vals) if vals else float("nan"))
-            stds.append(statistics.stdev(vals) if len(vals) > 1 else 0.0)
-        ax.errorbar([float(f) * 100 for f in args.fractions], means, yerr=stds, marker="o", capsize=3, label=enc)
-    ax.set_xscale("log")
+    plot_fraction_curves(ax, rows, encoders, args.fractions, "test")
     ax.set_xlabel("training labels (%)")
     ax.set_ylabel(f"test {metric_name}")
     ax.set_title(f"{args.dataset} ({args.mode.replace('_', ' ')})")
-    ax.legend()
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)
@@ -347,7 +309,7 @@ def main(argv=None) -> int:
     if task == "detection":
         from bundle.downstream.detection_grid import main as detection_main  # its own options: --task detection -h
 
-        return detection_main(argv, parse_encoder)
+        return detection_main(argv)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset_dir", required=True)
     p.add_argument("--dataset", default=None, help="name in the output files (default: the folder name)")

@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import shlex
 import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,6 +24,8 @@ import torch
 from monai.bundle import ConfigParser
 
 from bundle.data.label_fractions import fraction_key
+from bundle.downstream.encoder_loading import parse_encoder
+from bundle.downstream.grid_report import command_footer, mean_spread, plot_fraction_curves
 
 logger = logging.getLogger("evaluate_transfer.detection")
 ROOT = Path(__file__).resolve().parents[2]
@@ -173,27 +173,6 @@ def run_grid(args, encoders) -> list[dict]:
     return rows
 
 
-def _mean_spread(values: list[float]) -> str:
-    finite = [v for v in values if not math.isnan(v)]
-    if not finite:
-        return "undefined"
-    if len(finite) == 1:
-        return f"{finite[0]:.4f} (n=1)"
-    return f"{statistics.mean(finite):.4f} ± {statistics.stdev(finite):.4f} (n={len(finite)})"
-
-
-def _command(argv: list[str]) -> str:
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--note":
-            skip = True
-        elif not arg.startswith("--note="):
-            out.append(arg)
-    return shlex.join(out)
-
-
 def write_report(args, rows: list[dict], seconds: float) -> tuple[Path, Path]:
     results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
@@ -214,7 +193,7 @@ def write_report(args, rows: list[dict], seconds: float) -> tuple[Path, Path]:
         lines += [f"{title}:", "", header, "|" + "---|" * (len(args.fractions) + 1)]
         for enc in encoders:
             cells = [
-                _mean_spread([r[name] for r in rows if r["encoder"] == enc and r["fraction"] == f])
+                mean_spread([r[name] for r in rows if r["encoder"] == enc and r["fraction"] == f])
                 for f in args.fractions
             ]
             lines.append(f"| {enc} | " + " | ".join(cells) + " |")
@@ -234,12 +213,7 @@ def write_report(args, rows: list[dict], seconds: float) -> tuple[Path, Path]:
         )
     if args.note:
         lines += ["", args.note]
-    lines += [
-        "",
-        f"Command: `python scripts/evaluate_transfer.py {_command(args.argv)}`; {seconds / 60:.1f} min "
-        f"wall time on {torch.get_num_threads()} CPU thread(s){' + GPU' if torch.cuda.is_available() else ''}.",
-        "",
-    ]
+    lines += command_footer(args.argv, seconds)
     md.write_text("\n".join(lines), encoding="utf-8")
 
     import matplotlib
@@ -248,22 +222,10 @@ def write_report(args, rows: list[dict], seconds: float) -> tuple[Path, Path]:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for enc in encoders:
-        means, stds = [], []
-        for f in args.fractions:
-            vals = [
-                r["mAP_40_75"]
-                for r in rows
-                if r["encoder"] == enc and r["fraction"] == f and not math.isnan(r["mAP_40_75"])
-            ]
-            means.append(statistics.mean(vals) if vals else float("nan"))
-            stds.append(statistics.stdev(vals) if len(vals) > 1 else 0.0)
-        ax.errorbar([float(f) * 100 for f in args.fractions], means, yerr=stds, marker="o", capsize=3, label=enc)
-    ax.set_xscale("log")
+    plot_fraction_curves(ax, rows, encoders, args.fractions, "mAP_40_75")
     ax.set_xlabel("training labels (%)")
     ax.set_ylabel("test mAP IoU 0.40:0.75")
     ax.set_title(f"{args.dataset} detection ({args.mode.replace('_', ' ')} encoder)")
-    ax.legend()
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)
@@ -276,7 +238,7 @@ def write_report(args, rows: list[dict], seconds: float) -> tuple[Path, Path]:
     return md, png
 
 
-def main(argv: list[str], parse_encoder) -> int:
+def main(argv: list[str]) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.threads:

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
-import shlex
-import statistics
 import time
 from pathlib import Path
 
@@ -22,6 +19,7 @@ from monai.bundle import ConfigParser
 
 from bundle.data.label_fractions import fraction_key
 from bundle.downstream.encoder_loading import parse_encoder
+from bundle.downstream.grid_report import command_footer, mean_spread, plot_fraction_curves
 
 logger = logging.getLogger("evaluate_transfer.segmentation")
 ROOT = Path(__file__).resolve().parents[2]
@@ -149,28 +147,6 @@ def run_cell(args, label: str, source: str, weights: str | None, fraction: float
     }
 
 
-def mean_spread(values: list[float]) -> str:
-    finite = [v for v in values if not math.isnan(v)]
-    if not finite:
-        return "undefined"
-    if len(finite) == 1:
-        return f"{finite[0]:.4f} (n=1)"
-    return f"{statistics.mean(finite):.4f} ± {statistics.stdev(finite):.4f} (n={len(finite)})"
-
-
-def command_args(argv: list[str]) -> list[str]:
-    """The command line as run, without --note (its text is already in the file)."""
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--note":
-            skip = True
-        elif not arg.startswith("--note="):
-            out.append(arg)
-    return out
-
-
 def write_report(args, rows: list[dict], seconds: float) -> tuple[Path, Path]:
     results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
@@ -216,13 +192,7 @@ def write_report(args, rows: list[dict], seconds: float) -> tuple[Path, Path]:
         )
     if args.note:
         lines += ["", args.note]
-    lines += [
-        "",
-        f"Command: `python scripts/evaluate_transfer.py {shlex.join(command_args(args.argv))}`; "
-        f"{seconds / 60:.1f} min on {torch.get_num_threads()} CPU thread(s)"
-        f"{' + GPU' if torch.cuda.is_available() else ''}.",
-        "",
-    ]
+    lines += command_footer(args.argv, seconds)
     md.write_text("\n".join(lines), encoding="utf-8")
 
     import matplotlib
@@ -232,22 +202,10 @@ def write_report(args, rows: list[dict], seconds: float) -> tuple[Path, Path]:
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for ax, (key, title) in zip(axes, METRICS[::2]):
-        for enc in encoders:
-            means, stds = [], []
-            for f in args.fractions:
-                vals = [
-                    r[f"test_{key}"]
-                    for r in rows
-                    if r["encoder"] == enc and r["fraction"] == f and not math.isnan(r[f"test_{key}"])
-                ]
-                means.append(statistics.mean(vals) if vals else float("nan"))
-                stds.append(statistics.stdev(vals) if len(vals) > 1 else 0.0)
-            ax.errorbar([float(f) * 100 for f in args.fractions], means, yerr=stds, marker="o", capsize=3, label=enc)
-        ax.set_xscale("log")
+        plot_fraction_curves(ax, rows, encoders, args.fractions, f"test_{key}")
         ax.set_xlabel("training masks (%)")
         ax.set_ylabel(f"test {key.replace('_', ' ')}")
         ax.set_title(title, fontsize=9)
-        ax.legend()
     fig.suptitle(f"{args.dataset} segmentation ({args.mode.replace('_', ' ')})")
     fig.tight_layout()
     fig.savefig(png, dpi=100)

@@ -1,0 +1,57 @@
+"""What the transfer grids (classification, segmentation, detection) share in their reports: the mean ± spread cell,
+the command line as run, the wall-time footer and the metric-versus-label-fraction curve."""
+
+from __future__ import annotations
+
+import math
+import shlex
+import statistics
+from collections.abc import Sequence
+
+import torch
+
+
+def mean_spread(values: Sequence[float]) -> str:
+    """'m ± sd (n=k)' over the finite values (sample sd), 'v (n=1)' for one, 'undefined' for none."""
+    finite = [v for v in values if not math.isnan(v)]
+    if not finite:
+        return "undefined"
+    if len(finite) == 1:
+        return f"{finite[0]:.4f} (n=1)"
+    return f"{statistics.mean(finite):.4f} ± {statistics.stdev(finite):.4f} (n={len(finite)})"
+
+
+def command_args(argv: Sequence[str]) -> list[str]:
+    """The command line as run, without --note (its text is already in the file)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--note":
+            skip = True
+        elif not arg.startswith("--note="):
+            out.append(arg)
+    return out
+
+
+def command_footer(argv: Sequence[str], seconds: float) -> list[str]:
+    return [
+        "",
+        f"Command: `python scripts/evaluate_transfer.py {shlex.join(command_args(argv))}`; "
+        f"{seconds / 60:.1f} min on {torch.get_num_threads()} CPU thread(s)"
+        f"{' + GPU' if torch.cuda.is_available() else ''}.",
+        "",
+    ]
+
+
+def plot_fraction_curves(ax, rows: Sequence[dict], encoders: Sequence[str], fractions: Sequence[float], key: str):
+    """One line per encoder: mean ± sd of rows[key] over seeds at each label fraction (log-scaled percent)."""
+    for enc in encoders:
+        means, stds = [], []
+        for f in fractions:
+            vals = [r[key] for r in rows if r["encoder"] == enc and r["fraction"] == f and not math.isnan(r[key])]
+            means.append(statistics.mean(vals) if vals else float("nan"))
+            stds.append(statistics.stdev(vals) if len(vals) > 1 else 0.0)
+        ax.errorbar([float(f) * 100 for f in fractions], means, yerr=stds, marker="o", capsize=3, label=enc)
+    ax.set_xscale("log")
+    ax.legend()
