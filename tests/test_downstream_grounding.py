@@ -182,6 +182,7 @@ def test_evaluate_grounding_config_scores_every_case_against_its_baselines(tmp_p
     for row in rows:  # the uniform baseline is the disc's area fraction of the 40 x 48 image, computed here
         assert row["uniform_pointing"] == pytest.approx(81 / (40 * 48))  # 81 pixels within radius 5
         assert row["model_pointing"] in (0.0, 1.0) and 0.0 <= row["model_mass"] <= 1.0
+        assert row["model_token_pointing"] in (0.0, 1.0) and 0.0 < row["uniform_token_pointing"] <= 0.5
     assert (tmp_path / "eval" / "grounding_test.png").stat().st_size > 1000
     assert math.isfinite(summary["overall"]["model_iou"])
 
@@ -221,3 +222,18 @@ def test_grounding_manifest_from_detection_boxes(tmp_path):
     Image.fromarray(np.zeros((10, 10), dtype=np.uint8), mode="L").save(tmp_path / "images" / "a.png")
     mgm.write_manifest(tmp_path / "manifests" / "g.json", splits, meta)
     assert load_manifest(tmp_path / "manifests" / "g.json", "test")[0]["image"] == str(tmp_path / "images" / "a.png")
+
+
+def test_token_pointing_works_at_the_resolution_of_the_grid():
+    from bundle.downstream.grounding import token_index_map, token_pointing, token_uniform
+
+    index = token_index_map(9, (96, 96))[0].numpy()
+    assert index[0, 0] == 1 and index[40, 70] == 1 + 1 * 3 + 2 and index[95, 95] == 9
+    region = np.zeros((96, 96), dtype=bool)
+    region[30:34, 60:70] = True  # rows 30-33 straddle grid rows 0 and 1, columns 60-69 lie in grid column 1 and 2
+    assert token_pointing(index, 1, region) == 1.0 and token_pointing(index, 4, region) == 1.0
+    assert token_pointing(index, 0, region) == 0.0 and token_pointing(index, 8, region) == 0.0
+    assert token_uniform(index, 9, region) == pytest.approx(4 / 9)
+    padded = index.copy()
+    padded[:, :10] = 0  # what the inverse of a crop leaves outside the image: no token
+    assert token_uniform(padded, 9, np.ones_like(region)) == 1.0

@@ -127,9 +127,33 @@ class InputToImage:
         from monai.transforms import Invertd
 
         self.invert = Invertd(keys="map", transform=preprocessing, orig_keys="image", nearest_interp=False)
+        self.invert_nearest = Invertd(keys="map", transform=preprocessing, orig_keys="image", nearest_interp=True)
 
-    def __call__(self, heat: torch.Tensor, image) -> np.ndarray:
+    def __call__(self, heat: torch.Tensor, image, nearest: bool = False) -> np.ndarray:
         from monai.data import MetaTensor
 
-        out = self.invert({"image": image, "map": MetaTensor(heat.float())})["map"]
+        invert = self.invert_nearest if nearest else self.invert
+        out = invert({"image": image, "map": MetaTensor(heat.float())})["map"]
         return np.asarray(out.detach().cpu())[0].astype(np.float64)
+
+
+def token_index_map(num_tokens: int, input_size: Sequence[int]) -> torch.Tensor:
+    """[1, H, W] at the network input: 1 + the index of the token whose block holds each pixel (row-major grid;
+    0 is left for what the inverse of the crop pads)."""
+    h, w = token_grid(num_tokens)
+    grid = (torch.arange(num_tokens, dtype=torch.float32) + 1).reshape(1, 1, h, w)
+    return F.interpolate(grid, size=tuple(int(s) for s in input_size), mode="nearest")[0]
+
+
+def token_pointing(token_map: np.ndarray, token: int, region: np.ndarray) -> float:
+    """1.0 when the block of `token` (at the stored image's size, token_map from token_index_map + the inverse)
+    overlaps the region: the pointing game at the resolution of the token grid."""
+    _check(token_map, region)
+    return float(np.logical_and(token_map == token + 1, region).any())
+
+
+def token_uniform(token_map: np.ndarray, num_tokens: int, region: np.ndarray) -> float:
+    """Expected token_pointing of a uniformly random token: the share of tokens whose block overlaps the region."""
+    _check(token_map, region)
+    touched = np.unique(token_map[region])
+    return float(np.count_nonzero(touched > 0) / num_tokens)

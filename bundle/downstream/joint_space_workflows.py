@@ -21,6 +21,9 @@ from bundle.downstream.grounding import (
     box_region,
     centre_prior,
     grounding_scores,
+    token_index_map,
+    token_pointing,
+    token_uniform,
     uniform_scores,
 )
 from bundle.downstream.retrieval import embed_split, split_retrieval
@@ -166,6 +169,9 @@ def run_grounding(
         maps = _to_original(attention_to_input(a1[:, 0].cpu(), image.shape[1:]), image, inverse)
         shape = maps.shape[1:]
         centre = centre_prior(shape)
+        num_tokens = a1.shape[-1]
+        blocks = np.rint(inverse(token_index_map(num_tokens, image.shape[1:]), image, nearest=True))
+        best = a1[:, 0].argmax(dim=-1).tolist()
         for j, phrase in enumerate(item["phrases"]):
             region = _region(item, phrase, shape)
             if not region.any():
@@ -179,6 +185,11 @@ def run_grounding(
                 ("uniform", uniform_scores(region)),
             ):
                 row.update({f"{name}_{k}": v for k, v in scores.items()})
+            row.update(
+                model_token_pointing=token_pointing(blocks, best[j], region),
+                control_token_pointing=token_pointing(blocks, best[-1], region),
+                uniform_token_pointing=token_uniform(blocks, num_tokens, region),
+            )
             rows.append(row)
             if len(shown) < examples:
                 shown.append({"image": _original_image(item, shape), "map": maps[j], "region": region, **row})
