@@ -144,7 +144,8 @@ def write_report(groups: dict[str, list[dict]], descriptions: dict[str, str], ar
         lines.append(f"| {descriptions.get(name, name)} | {len(rows)} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        f"Regenerate ({seconds / 60:.0f} min here, 2 CPU cores; per-model results are reused from --work_dir):",
+        "Regenerate (a first run embeds the test split for each model: about 1-1.5 min per model on 2 CPU cores; "
+        f"this invocation {seconds / 60:.0f} min, reusing cached embeddings and per-model results in --work_dir):",
         "",
         "    PYTHONPATH=$PWD HF_HUB_OFFLINE=1 python scripts/evaluate_joint_space.py --dataset_dir demo_data \\",
         "        --model demo=models/model.pt --ablation_dir runs/ablation",
