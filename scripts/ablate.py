@@ -291,6 +291,10 @@ def write_report(results: list[dict], args, seconds: float) -> None:
         f"{os.cpu_count()} CPU cores{' + GPU' if torch.cuda.is_available() else ''} (pretraining runs one "
         "after the other).",
         "",
+        "Zero-shot classification, whole-split retrieval and sentence grounding of the same cells (and of random init "
+        "and the make-demo model): demo_zero_shot_grounding.md (scripts/evaluate_joint_space.py --ablation_dir "
+        "runs/ablation). Segmentation and detection are not yet columns of this table (docs/method_notes.md).",
+        "",
     ]
     (out_dir / "demo_ablation.md").write_text("\n".join(lines), encoding="utf-8")
 
