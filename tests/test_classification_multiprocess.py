@@ -7,13 +7,12 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 import yaml
-from test_classification_fixtures import CONFIGS, LOGGING, META, ROOT, tiny_overrides, write_tiny_classification_dataset
+from test_classification_fixtures import CONFIGS, ROOT, tiny_overrides, write_tiny_classification_dataset
+from torchrun_bundle import torchrun_bundle
 
 
 @pytest.mark.slow
@@ -23,28 +22,7 @@ def test_two_gloo_processes_train_and_test_a_classifier(tmp_path):
     out = tmp_path / "run"
     override = tmp_path / "tiny.yaml"
     override.write_text(yaml.safe_dump(tiny_overrides(data, out, max_epochs=1, batch_size=2)))
-    configs = json.dumps(CONFIGS + [str(ROOT / "configs" / "multi_gpu_classification.yaml"), str(override)])
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nnodes=1",
-        "--nproc_per_node=2",
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        configs,
-        "--meta_file",
-        META,
-        "--logging_file",
-        LOGGING,
-    ]
-    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    torchrun_bundle(CONFIGS + [ROOT / "configs" / "multi_gpu_classification.yaml", override])
 
     saved = torch.load(out / "model.pt", weights_only=True)
     assert saved["downstream_meta"] == {"task": "multilabel", "class_names": ["finding_0", "finding_1", "finding_2"]}

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 import yaml
 from test_detection_fixtures import ROOT, write_tiny_detection_dataset
+from torchrun_bundle import torchrun_bundle
 
 from bundle.networks.image_encoders import build_image_encoder
 
@@ -38,31 +37,10 @@ def test_two_gloo_processes_train_and_test_a_detector(tmp_path):
     )
     override = tmp_path / "tiny.yaml"
     override.write_text(yaml.safe_dump(settings))
-    configs = json.dumps(
-        [str(ROOT / "configs" / f) for f in ("common.yaml", "detection.yaml", "multi_gpu_detection.yaml")]
-        + [str(override)]
+    torchrun_bundle(
+        [ROOT / "configs" / f for f in ("common.yaml", "detection.yaml", "multi_gpu_detection.yaml")] + [override],
+        timeout=600,
     )
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nnodes=1",
-        "--nproc_per_node=2",
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        configs,
-        "--meta_file",
-        str(ROOT / "metadata.json"),
-        "--logging_file",
-        str(ROOT / "configs" / "logging.conf"),
-    ]
-    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     assert (out / "model.pt").is_file() and not [n for n in os.listdir(out) if ".tmp." in n]
     metrics = dict(line.split(",") for line in (out / "test" / "metrics.csv").read_text().split())

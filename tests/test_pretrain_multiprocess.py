@@ -3,14 +3,12 @@ and k-means centroids, and only rank 0 writes logs, history and checkpoints."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from test_pretrain_fixtures import ROOT, tiny_dataset, tiny_overrides, tiny_text_model, write_override_file  # noqa: F401
+from torchrun_bundle import torchrun_bundle
 
 from bundle.engines.progress import read_history
 
@@ -36,30 +34,9 @@ def test_two_gloo_processes_stay_synchronised(tmp_path, tiny_dataset, tiny_text_
         }
     )
     override_file = write_override_file(tmp_path / "tiny.yaml", overrides)
-    configs = json.dumps(
-        [str(ROOT / "configs" / "pretrain.yaml"), str(ROOT / "configs" / "multi_gpu_pretrain.yaml"), str(override_file)]
+    torchrun_bundle(
+        [ROOT / "configs" / "pretrain.yaml", ROOT / "configs" / "multi_gpu_pretrain.yaml", override_file], timeout=240
     )
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nnodes=1",
-        "--nproc_per_node=2",
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        configs,
-        "--meta_file",
-        str(ROOT / "metadata.json"),
-        "--logging_file",
-        str(ROOT / "configs" / "logging.conf"),
-    ]
-    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     models = tmp_path / "models"
     rank0 = torch.load(models / "rank0.pt", weights_only=True)

@@ -25,7 +25,13 @@ from monai.bundle import ConfigParser
 
 from bundle.data.label_fractions import fraction_key
 from bundle.downstream.encoder_loading import parse_encoder
-from bundle.downstream.grid_report import command_footer, mean_spread, plot_fraction_curves
+from bundle.downstream.grid_report import (
+    add_grid_arguments,
+    add_output_arguments,
+    command_footer,
+    mean_spread,
+    plot_fraction_curves,
+)
 
 logger = logging.getLogger("evaluate_transfer.detection")
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,22 +49,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--task", default="detection", choices=("detection",))
-    p.add_argument("--dataset_dir", required=True)
-    p.add_argument("--dataset", default=None, help="name in the output files (default: the folder name)")
-    p.add_argument("--manifest", default=None, help="default: DATASET_DIR/manifests/detection.json")
-    p.add_argument(
-        "--encoder",
-        action="append",
-        required=True,
-        help="label=source[:weights], source cmcgns|imagenet|random (repeat for several)",
-    )
-    p.add_argument("--encoder_name", default="resnet50")
-    p.add_argument("--encoder_image_size", type=int, default=None, help="the pretraining crop size")
+    add_grid_arguments(p, "detection", "detection.json")
     p.add_argument("--image_size", type=int, default=224, help="detection input side (the protocol: 224)")
-    p.add_argument("--mode", default="frozen", choices=("frozen", "fine_tune"))
-    p.add_argument("--fractions", nargs="+", type=float, default=[0.01, 0.1, 1.0])
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--val_batch_size", type=int, default=32)
@@ -69,12 +61,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--fpn_channels", type=int, default=256)
     p.add_argument("--anchor_base", type=float, default=2.0)
     p.add_argument("--no_augment", action="store_true", help="no random flip / zoom in training")
-    p.add_argument("--num_workers", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--config", nargs="*", default=[], help="extra override config files")
-    p.add_argument("--note", default="", help="a sentence added to the results file")
-    p.add_argument("--results_dir", default=str(ROOT / "docs" / "results"))
-    p.add_argument("--work_dir", default=str(ROOT / "runs" / "transfer_detection"))
+    add_output_arguments(p, str(ROOT / "docs" / "results"), str(ROOT / "runs" / "transfer_detection"))
     args = p.parse_args(argv)
     args.argv = argv
     args.dataset = args.dataset or Path(args.dataset_dir).resolve().name

@@ -55,3 +55,32 @@ def plot_fraction_curves(ax, rows: Sequence[dict], encoders: Sequence[str], frac
         ax.errorbar([float(f) * 100 for f in fractions], means, yerr=stds, marker="o", capsize=3, label=enc)
     ax.set_xscale("log")
     ax.legend()
+
+
+def add_grid_arguments(p, task: str, manifest_name: str) -> None:
+    """The arguments every downstream grid (segmentation, detection) takes: data, encoders, mode, fractions, seeds."""
+    p.add_argument("--task", default=task, choices=(task,))
+    p.add_argument("--dataset_dir", required=True)
+    p.add_argument("--dataset", default=None, help="name in the output files (default: the folder name)")
+    p.add_argument("--manifest", default=None, help=f"default: DATASET_DIR/manifests/{manifest_name}")
+    p.add_argument(
+        "--encoder",
+        action="append",
+        required=True,
+        help="label=source[:weights], source cmcgns|imagenet|random (repeat for several)",
+    )
+    p.add_argument("--encoder_name", default="resnet50")
+    p.add_argument("--encoder_image_size", type=int, default=None, help="the pretraining crop size")
+    p.add_argument("--mode", default="frozen", choices=("frozen", "fine_tune"))
+    p.add_argument("--fractions", nargs="+", type=float, default=[0.01, 0.1, 1.0])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+
+
+def add_output_arguments(p, results_dir: str, work_dir: str) -> None:
+    """Loader workers, CPU threads, extra configs, the note and where results and runs go."""
+    p.add_argument("--num_workers", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--config", nargs="*", default=[], help="extra override config files")
+    p.add_argument("--note", default="", help="a sentence added to the results file")
+    p.add_argument("--results_dir", default=results_dir)
+    p.add_argument("--work_dir", default=work_dir)

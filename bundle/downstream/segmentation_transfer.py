@@ -19,7 +19,13 @@ from monai.bundle import ConfigParser
 
 from bundle.data.label_fractions import fraction_key
 from bundle.downstream.encoder_loading import parse_encoder
-from bundle.downstream.grid_report import command_footer, mean_spread, plot_fraction_curves
+from bundle.downstream.grid_report import (
+    add_grid_arguments,
+    add_output_arguments,
+    command_footer,
+    mean_spread,
+    plot_fraction_curves,
+)
 
 logger = logging.getLogger("evaluate_transfer.segmentation")
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,25 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--task", default="segmentation", choices=("segmentation",))
-    p.add_argument("--dataset_dir", required=True)
-    p.add_argument("--dataset", default=None, help="name in the output files (default: the folder name)")
-    p.add_argument("--manifest", default=None, help="default: DATASET_DIR/manifests/segmentation.json")
-    p.add_argument(
-        "--encoder",
-        action="append",
-        required=True,
-        help="label=source[:weights], source cmcgns|imagenet|random (repeat for several)",
-    )
-    p.add_argument("--encoder_name", default="resnet50")
-    p.add_argument("--encoder_image_size", type=int, default=None, help="the pretraining crop size")
+    add_grid_arguments(p, "segmentation", "segmentation.json")
     p.add_argument("--image_size", type=int, default=None)
     p.add_argument("--crop_size", type=int, default=None)
-    p.add_argument("--mode", default="frozen", choices=("frozen", "fine_tune"))
     p.add_argument("--class_mode", default="binary", choices=("binary", "per_class"))
     p.add_argument("--decoder_channels", type=int, nargs=5, default=None)
-    p.add_argument("--fractions", nargs="+", type=float, default=[0.01, 0.1, 1.0])
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--lr", type=float, default=None, help="default: the config's (MGCA 2e-4)")
     p.add_argument("--max_epochs", type=int, default=None)
     p.add_argument("--fraction_epochs", default=None, help="per-fraction max epochs, e.g. 0.01:40,0.1:12,1.0:4")
@@ -72,13 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val_interval", type=int, default=None)
     p.add_argument("--batch_size", type=int, default=None)
     p.add_argument("--val_batch_size", type=int, default=None)
-    p.add_argument("--num_workers", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--config", nargs="*", default=[], help="extra override config files")
     p.add_argument("--overlay_count", type=int, default=4, help="test images in the overlay PNG (0: none)")
-    p.add_argument("--note", default="", help="a sentence added to the results file")
-    p.add_argument("--results_dir", default=str(ROOT / "docs" / "results"))
-    p.add_argument("--work_dir", default=str(ROOT / "runs" / "transfer_segmentation"))
+    add_output_arguments(p, str(ROOT / "docs" / "results"), str(ROOT / "runs" / "transfer_segmentation"))
     return p
 
 

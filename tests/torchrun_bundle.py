@@ -1,0 +1,29 @@
+"""Run `python -m monai.bundle run` under torchrun as N CPU processes (gloo), the documented multi-GPU command.
+Shared by the tests/test_*_multiprocess.py files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def torchrun_bundle(config_files: list, processes: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
+    """The bundle run with `config_files` (paths, later ones override) on `processes` CPU processes; fails the test
+    with the tail of the output when any process fails."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", f"--nproc_per_node={processes}",
+        "-m", "monai.bundle", "run",
+        "--config_file", json.dumps([str(f) for f in config_files]),
+        "--meta_file", str(ROOT / "metadata.json"),
+        "--logging_file", str(ROOT / "configs" / "logging.conf"),
+    ]  # fmt: skip
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
