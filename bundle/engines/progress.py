@@ -18,30 +18,14 @@ import time
 from monai.utils import min_version, optional_import
 
 from bundle.engines import distributed as dist_utils
+from bundle.engines.trainer import MODEL_SCALAR_KEYS
 from bundle.losses.diagnostics import DIAGNOSTIC_KEYS
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 
 logger = logging.getLogger(__name__)
 
-TRAINING_LOG_KEYS = (
-    "loss",
-    "loss_img",
-    "loss_report",
-    "loss_global",
-    "loss_recon",
-    "loss_recon_masked",
-    "bml",
-    "acc_i2t_top1",
-    "acc_i2t_top5",
-    "acc_t2i_top1",
-    "acc_t2i_top5",
-    "logit_scale",
-    "kmeans_initialized",
-    "centroid_usage",
-    "lr",
-    "stage",
-) + DIAGNOSTIC_KEYS
+TRAINING_LOG_KEYS = MODEL_SCALAR_KEYS + ("lr", "stage") + DIAGNOSTIC_KEYS
 
 
 def training_scalars(output) -> dict | None:

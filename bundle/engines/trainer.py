@@ -30,7 +30,7 @@ Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 logger = logging.getLogger(__name__)
 
 # Scalars of the model output that are logged (every one that the model returns is kept).
-OUTPUT_SCALAR_KEYS = (
+MODEL_SCALAR_KEYS = (
     "loss",
     "loss_img",
     "loss_report",
@@ -45,7 +45,8 @@ OUTPUT_SCALAR_KEYS = (
     "logit_scale",
     "kmeans_initialized",
     "centroid_usage",
-) + DIAGNOSTIC_KEYS
+)
+OUTPUT_SCALAR_KEYS = MODEL_SCALAR_KEYS + DIAGNOSTIC_KEYS
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 
