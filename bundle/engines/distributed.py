@@ -51,7 +51,11 @@ def init_distributed(backend: str | None = None) -> torch.device:
 
 
 def destroy_distributed() -> None:
+    """Leave the process group together: without the barrier a rank that is done first tears down its gloo pairs
+    while another is still in a collective, and that rank aborts at exit ("terminate called without an active
+    exception") after finishing its work."""
     if is_distributed():
+        dist.barrier()
         dist.destroy_process_group()
 
 
