@@ -47,6 +47,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 from monai.bundle import ConfigParser  # noqa: E402
 
+from bundle.downstream import ablation_localised  # noqa: E402
 from bundle.downstream.retrieval import embed_split, split_retrieval  # noqa: E402
 from bundle.networks.torchvision_resnet_weights import read_state_dict  # noqa: E402
 
@@ -233,6 +234,37 @@ COLUMNS = [
 ]
 
 
+def cell_minutes(results: list[dict]) -> float:
+    keys = ("seconds", "seg_seconds", "det_seconds", "grounding_seconds")
+    return sum(r.get(k) or 0.0 for r in results for k in keys) / 60
+
+
+def localised_table(results: list[dict], names: list[str], args) -> list[str]:
+    """The segmentation / detection / grounding table (rows with at least one localised value)."""
+    columns = [(k, title) for task in args.localised for k, (_, title) in ablation_localised.COLUMNS[task].items()]
+    if not columns or not any(r.get(k) is not None for r in results for k, _ in columns):
+        return []
+    fraction = f"{args.localised_fraction * 100:g} %"
+    lines = [
+        "",
+        f"Localised tasks. Segmentation and detection: the demo grids' protocol and settings "
+        f"(bundle/downstream/ablation_localised.py; demo_segmentation.md, demo_detection.md), encoder frozen, "
+        f"{fraction} of the training labels, one head per pretraining seed (head seed = pretraining seed), test "
+        "split. Grounding: pointing game of the sentence maps on the test split's boxed sentences (a control "
+        "sentence from another finding as the baseline) and zero-shot macro AUROC, from "
+        "scripts/evaluate_joint_space.py. n: cells with these columns.",
+        "",
+        "| variant | n | " + " | ".join(title for _, title in columns) + " |",
+        "|---|---|" + "---|" * len(columns),
+    ]
+    for name in names:
+        rows = [r for r in results if r["variant"] == name and any(r.get(k) is not None for k, _ in columns)]
+        if rows:
+            cells = [mean_sd([r.get(k) for r in rows], 4 if k.startswith("det") else 3) for k, _ in columns]
+            lines.append(f"| {name} | {len(rows)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_report(results: list[dict], args, seconds: float) -> None:
     out_dir = Path(args.results_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -241,8 +273,9 @@ def write_report(results: list[dict], args, seconds: float) -> None:
     lines = [
         "# Demo ablation: what each CM-CGNS component adds",
         "",
-        f"Pretraining seeds {args.seeds} per variant (mean ± sample standard deviation over them; each linear-"
-        f"probe value is first averaged over head seeds {args.head_seeds}). Demo data, demo settings "
+        f"Pretraining seeds {args.seeds} per variant where finished: n is the number of pretraining seeds in each "
+        "row (mean ± sample standard deviation over them; a single value has no spread). Each linear-"
+        f"probe value is first averaged over head seeds {args.head_seeds}. Demo data, demo settings "
         "(configs/demo_pretrain.yaml), the same number of steps for every pretrained variant. All numbers on "
         "the demo TEST split; settings were chosen on the validation split (docs/method_notes.md).",
         "",
@@ -255,13 +288,14 @@ def write_report(results: list[dict], args, seconds: float) -> None:
         "- local top-1: each sentence's z1 finds its own image-to-text feature z2 among the N sentences of a "
         f"batch of 32 (chance 1/N = {mean_sd([r['local_chance_top1'] for r in results], 4)}).",
         "",
-        "| variant | " + " | ".join(c[1] for c in COLUMNS) + " |",
-        "|---|" + "---|" * len(COLUMNS),
+        "| variant | n | " + " | ".join(c[1] for c in COLUMNS) + " |",
+        "|---|---|" + "---|" * len(COLUMNS),
     ]
     for name in names:
         rows = [r for r in results if r["variant"] == name]
         cells = [mean_sd([r.get(key) for r in rows], d) for key, _, d in COLUMNS]
-        lines.append(f"| {name} {VARIANTS[name][0]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} {VARIANTS[name][0]} | {len(rows)} | " + " | ".join(cells) + " |")
+    lines += localised_table(results, names, args)
     lines += [
         "",
         "Training diagnostics at the end of pretraining (mean of the last 20 steps; see "
@@ -287,13 +321,13 @@ def write_report(results: list[dict], args, seconds: float) -> None:
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        f"Command: `python scripts/ablate.py {shlex.join(args.argv)}`; wall time {seconds / 60:.1f} min on "
+        f"Command: `python scripts/ablate.py {shlex.join(args.argv)}`; this invocation {seconds / 60:.1f} min, "
+        f"the cells' own times summed {cell_minutes(results):.1f} min (a stopped ablation reuses finished cells) on "
         f"{os.cpu_count()} CPU cores{' + GPU' if torch.cuda.is_available() else ''} (pretraining runs one "
         "after the other).",
         "",
-        "Zero-shot classification, whole-split retrieval and sentence grounding of the same cells (and of random init "
-        "and the make-demo model): demo_zero_shot_grounding.md (scripts/evaluate_joint_space.py --ablation_dir "
-        "runs/ablation). Segmentation and detection are not yet columns of this table (docs/method_notes.md).",
+        "All zero-shot, retrieval and grounding figures of the same cells (and of the make-demo model): "
+        "demo_zero_shot_grounding.md (scripts/evaluate_joint_space.py --ablation_dir runs/ablation).",
         "",
     ]
     (out_dir / "demo_ablation.md").write_text("\n".join(lines), encoding="utf-8")
@@ -309,10 +343,25 @@ def write_report(results: list[dict], args, seconds: float) -> None:
         ("i2t_R@10", "i2t R@10 (test)"),
         ("local_top1", "local report top-1"),
     ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.8))
+    panels += [
+        (key, f"{title} ({args.localised_fraction * 100:g}%)" if key.startswith(("seg", "det")) else title)
+        for key, title in (
+            ("seg_pooled_dice", "seg pooled Dice"),
+            ("det_mAP_40_75", "det mAP 0.40:0.75"),
+            ("grounding_pointing", "pointing game"),
+        )
+        if any(r.get(key) is not None for r in results)
+    ]
+    rows_of_panels = math.ceil(len(panels) / 4)
+    fig, axes = plt.subplots(rows_of_panels, 4, figsize=(16, 3.8 * rows_of_panels), squeeze=False)
+    axes = axes.ravel()
+    for ax in axes[len(panels) :]:
+        ax.axis("off")
     for ax, (key, title) in zip(axes, panels):
         for i, name in enumerate(names):
             vals = [r[key] for r in results if r["variant"] == name and r.get(key) is not None]
+            if not vals:
+                continue
             ax.bar(i, statistics.mean(vals), yerr=statistics.stdev(vals) if len(vals) > 1 else 0, capsize=3)
             ax.scatter([i] * len(vals), vals, color="black", s=8, zorder=3)
         ax.set_xticks(range(len(names)))
@@ -348,6 +397,18 @@ def main(argv=None) -> int:
         help="variants whose missing cells run before the others' (finished cells are always read first)",
     )
     p.add_argument("--stop_after_priority", action="store_true", help="run no missing cell of another variant")
+    p.add_argument(
+        "--localised",
+        nargs="*",
+        default=list(ablation_localised.TASKS),
+        choices=ablation_localised.TASKS,
+        help="localised columns, computed after every classification / retrieval cell (none: leave them out)",
+    )
+    p.add_argument("--localised_fraction", type=float, default=0.1, help="label fraction of segmentation / detection")
+    p.add_argument(
+        "--localised_variants", nargs="*", default=None, choices=list(VARIANTS), help="default: every variant"
+    )
+    p.add_argument("--joint_space_dir", default=str(ROOT / "runs" / "joint_space"), help="evaluate_joint_space cache")
     p.add_argument("--work_dir", default=str(ROOT / "runs" / "ablation"))
     p.add_argument("--results_dir", default=str(ROOT / "docs" / "results"))
     args = p.parse_args(argv)
@@ -410,6 +471,35 @@ def main(argv=None) -> int:
             elapsed / done * (len(cells) - done) / 60,
         )
         write_report(results, args, time.perf_counter() - start)  # a partial table survives an interruption
+    # second pass, after every cell has its classification and retrieval figures: the localised columns
+    local_settings = {"encoder": settings["network_def#image_encoder"], "crop_size": settings["crop_size"]}
+    todo = [
+        r
+        for r in results
+        if (args.localised_variants is None or r["variant"] in args.localised_variants)
+        and ablation_localised.missing_tasks(r, args.localised)
+    ]
+    for done, row in enumerate(todo, 1):
+        cell_start = time.perf_counter()
+        run_dir = None if row["variant"] == "a_random" else Path(args.work_dir) / f"{row['variant']}_seed{row['seed']}"
+        configs = VARIANTS[row["variant"]][1]
+        row.update(ablation_localised.localised_columns(row, run_dir, configs, local_settings, args))
+        cached = Path(args.work_dir) / f"{row['variant']}_seed{row['seed']}" / "result.json"
+        cached.write_text(json.dumps(row, sort_keys=True), encoding="utf-8")
+        elapsed = time.perf_counter() - cell_start
+        logger.info(
+            "[localised %d/%d] %s seed %d in %.0f s: seg pooled Dice %s, det mAP %s, pointing %s",
+            done,
+            len(todo),
+            row["variant"],
+            row["seed"],
+            elapsed,
+            row.get("seg_pooled_dice"),
+            row.get("det_mAP_40_75"),
+            row.get("grounding_pointing"),
+        )
+        write_report(results, args, time.perf_counter() - start)
+    write_report(results, args, time.perf_counter() - start)
     logger.info("wrote %s/demo_ablation.{md,json,png} (%.1f min)", args.results_dir, (time.perf_counter() - start) / 60)
     return 0
 

@@ -52,3 +52,50 @@ def test_mean_sd_formatting(ablate):
     assert ablate.mean_sd([0.5, 0.7]) == "0.600 ± 0.141"
     assert ablate.mean_sd([float("nan"), 0.25]) == "0.250"
     assert ablate.mean_sd([]) == "-"
+
+
+def documented_command(results_file: str) -> list[str]:
+    """The grid command quoted in a demo results file (its flags and values, as written for users)."""
+    import shlex
+
+    text = (ROOT / "docs" / "results" / results_file).read_text(encoding="utf-8")
+    start = text.index("scripts/evaluate_transfer.py")
+    end = min([i for i in (text.find("`", start), text.find("\n\n", start)) if i > 0] + [len(text)])
+    return shlex.split(text[start:end].replace("\\\n", " "))
+
+
+@pytest.mark.parametrize(
+    "constant, results_file",
+    [("SEGMENTATION_DEMO_ARGS", "demo_segmentation.md"), ("DETECTION_DEMO_ARGS", "demo_detection.md")],
+)
+def test_localised_columns_use_the_demo_grids_settings(constant, results_file):
+    """The ablation's segmentation / detection columns claim the demo grid's protocol: every flag they set has the
+    value of the grid command its results file quotes."""
+    from bundle.downstream import ablation_localised
+
+    ours, documented = list(getattr(ablation_localised, constant)), documented_command(results_file)
+    flags = [i for i, a in enumerate(ours) if a.startswith("--")]
+    assert flags, constant
+    for i, j in zip(flags, flags[1:] + [len(ours)]):
+        flag, values = ours[i], ours[i + 1 : j]
+        assert flag in documented, (flag, results_file)
+        k = documented.index(flag)
+        assert documented[k + 1 : k + 1 + len(values)] == values, (flag, values, results_file)
+
+
+def test_localised_table_counts_the_cells_that_have_the_columns(ablate):
+    from bundle.downstream.ablation_localised import missing_tasks
+
+    results = [
+        {"variant": "b_global", "seed": 0, "seg_mgca_dice": 0.8, "seg_pooled_dice": 0.6},
+        {"variant": "b_global", "seed": 1, "seg_mgca_dice": 0.7, "seg_pooled_dice": 0.4},
+        {"variant": "f_full", "seed": 0},  # no localised column yet: left out of the table, not a zero
+    ]
+    args = SimpleNamespace(localised=["segmentation"], localised_fraction=0.1)
+    lines = ablate.localised_table(results, ["b_global", "f_full"], args)
+    rows = [line for line in lines if line.startswith("| b_global") or line.startswith("| f_full")]
+    assert rows == ["| b_global | 2 | 0.750 ± 0.071 | 0.500 ± 0.141 |"]
+    assert "10 % of the training labels" in " ".join(lines)
+    assert missing_tasks(results[0], ["segmentation", "detection"]) == ["detection"]
+    assert missing_tasks(results[2], ["segmentation"]) == ["segmentation"]
+    assert ablate.localised_table(results[2:], ["f_full"], args) == []

@@ -111,37 +111,40 @@ def cell_parser(args, source: str, weights: str | None, fraction: float, seed: i
     return parser
 
 
+def run_cell(args, label: str, source: str, weights: str | None, fraction: float, seed: int) -> dict:
+    """One full detection run (train, best checkpoint by validation mAP, test); its row of the report."""
+    out = Path(args.work_dir) / f"{label}_{fraction_key(fraction)}_seed{seed}"
+    start = time.perf_counter()
+    parser = cell_parser(args, source, weights, fraction, seed, out)
+    parser.get_parsed_content("initialize")  # set_determinism(seed); early stopping -> trainer
+    trainer = parser.get_parsed_content("train#trainer")
+    trainer.run()
+    validator = parser.get_parsed_content("validate#evaluator")
+    evaluator = parser.get_parsed_content("test#evaluator")
+    evaluator.run()
+    metrics = evaluator.state.metrics
+    return {
+        "encoder": label,
+        "fraction": fraction,
+        "seed": seed,
+        "n_train": len(parser.get_parsed_content("train#datalist")),
+        **{name: float(metrics[f"test_{name}"]) for name, _ in METRICS},
+        "best_val": float(validator.state.best_metric),
+        "best_epoch": int(validator.state.best_metric_epoch),
+        "epochs_run": int(trainer.state.epoch),
+        "max_epochs": int(parser["max_epochs"]),
+        "seconds": time.perf_counter() - start,
+        "out": str(out),
+    }
+
+
 def run_grid(args, encoders) -> list[dict]:
     rows, cells = [], len(encoders) * len(args.fractions) * len(args.seeds)
     start = time.perf_counter()
     for label, source, weights in encoders:
         for fraction in args.fractions:
             for seed in args.seeds:
-                out = Path(args.work_dir) / f"{label}_{fraction_key(fraction)}_seed{seed}"
-                cell_start = time.perf_counter()
-                parser = cell_parser(args, source, weights, fraction, seed, out)
-                parser.get_parsed_content("initialize")  # set_determinism(seed); early stopping -> trainer
-                trainer = parser.get_parsed_content("train#trainer")
-                trainer.run()
-                validator = parser.get_parsed_content("validate#evaluator")
-                evaluator = parser.get_parsed_content("test#evaluator")
-                evaluator.run()
-                metrics = evaluator.state.metrics
-                rows.append(
-                    {
-                        "encoder": label,
-                        "fraction": fraction,
-                        "seed": seed,
-                        "n_train": len(parser.get_parsed_content("train#datalist")),
-                        **{name: float(metrics[f"test_{name}"]) for name, _ in METRICS},
-                        "best_val": float(validator.state.best_metric),
-                        "best_epoch": int(validator.state.best_metric_epoch),
-                        "epochs_run": int(trainer.state.epoch),
-                        "max_epochs": int(parser["max_epochs"]),
-                        "seconds": time.perf_counter() - cell_start,
-                        "out": str(out),
-                    }
-                )
+                rows.append(run_cell(args, label, source, weights, fraction, seed))
                 done, elapsed = len(rows), time.perf_counter() - start
                 logger.info(
                     "[%d/%d] %s fraction %s seed %d: test mAP 0.40:0.75 %.4f (best val %.4f at epoch %d; "
