@@ -11,6 +11,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from ignite.engine import Events
 from torch import nn
 
 from bundle.engines.batch import drop_empty_reports, to_model_inputs
@@ -122,11 +123,17 @@ def test_non_finite_loss_stops_with_iteration_terms_and_batch_ids():
     model = StandInModel()
     batches = [make_batch(["ok1", "ok2"]), make_batch(["p7", "p8"], image_fill={1: float("nan")}, seed=3)]
     trainer = make_trainer(model, batches)
+    after_step = {}
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda _: after_step.update(copy.deepcopy(model.state_dict()))
+    )
     with pytest.raises(NonFiniteLossError) as info:
         trainer.run()
     message = str(info.value)
     assert "iteration 2" in message and "['p7', 'p8']" in message
     assert "loss_global=nan" in message and "loss_recon=0" in message
+    # the check runs before the optimiser step: the weights are those after iteration 1, not NaN-stepped ones
+    assert after_step and all(torch.equal(after_step[k], v) for k, v in model.state_dict().items())
 
 
 def test_gradient_accumulation_equals_one_step_on_the_union_batch():

@@ -178,3 +178,36 @@ def test_cluster_report_loss_before_initialisation_is_plain_infonce():
     loss = ClusterGuidedReportLoss(embed_dim=D, num_clusters=3, start_cosine=-2.0).train()  # gate never opens
     reference = loop_cluster_report_loss(z1, z2, loss.state.centroids, False, True)
     torch.testing.assert_close(loss(z1, z2)["loss"], reference["loss"], atol=ATOL, rtol=0)
+
+
+HOST_READS = {"item", "__bool__", "__int__", "__float__", "__index__", "tolist", "cpu", "numpy", "nonzero"}
+
+
+class HostReads(torch.overrides.TorchFunctionMode):
+    """Counts calls that read a tensor's value on the host (a device sync on a GPU), boolean selections included."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        bool_index = name == "__getitem__" and isinstance(args[1], torch.Tensor) and args[1].dtype == torch.bool
+        if name in HOST_READS or bool_index:
+            self.calls.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_sentence_layout_reads_the_host_once_and_valid_rows_equal_boolean_selection(layout):
+    from bundle.networks.sentence_features import sentence_layout, sentence_means, sentence_tokens, valid_rows
+
+    tokens, sentence_index, _ = ragged_batch(layout)
+    with HostReads() as reads:
+        plan = sentence_layout(sentence_index)
+        sentences, valid = sentence_means(sentence_tokens(tokens, plan), plan)
+        rows = valid_rows(sentences, plan)
+    assert reads.calls == ["tolist"]  # the data-dependent sizes, all in one read
+    torch.testing.assert_close(sentences, gather_sentences(tokens, sentence_index)[0], atol=0, rtol=0)
+    assert torch.equal(rows, sentences[valid]) and rows.shape[0] == plan.sentences == int(valid.sum())
+    assert torch.equal(sentence_tokens(tokens, plan), tokens[sentence_index > 0])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -291,8 +292,6 @@ class CMCGNSTrainer(Trainer):
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
             loss = outputs["loss"]
             scalars = scalar_outputs(outputs)
-            if self.check_finite:
-                self._stop_if_not_finite(loss, scalars, batch)
             engine.fire_event(IterationEvents.LOSS_COMPLETED)
             scaled = loss / self.accumulation_steps if self.accumulation_steps > 1 else loss
             if self.scaler is not None:
@@ -300,23 +299,28 @@ class CMCGNSTrainer(Trainer):
             scaled.backward()
             self._pending_grads = True
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        # The one host transfer of the step: the logged scalars (mean over ranks), read before the optimiser step so
+        # that a non-finite loss stops the run without touching the weights; all ranks see the same mean and stop
+        # together.
+        logged = average_over_ranks(scalars)
+        if self.check_finite:
+            self._stop_if_not_finite(logged, batch)
         if step_after:
             self._optimizer_step()
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
 
-        logged = average_over_ranks(scalars)
         logged["lr"] = float(self.optimizer.param_groups[0]["lr"])
         logged["batch_size"] = int(inputs["input_ids"].shape[0])
         logged["stage"] = int(getattr(self.state, "stage", 1))
         logged["id"] = batch_ids(batch)
         return logged
 
-    def _stop_if_not_finite(self, loss: torch.Tensor, scalars: dict[str, torch.Tensor], batch: dict) -> None:
-        finite = bool(torch.isfinite(loss.detach()).all())
-        if any_rank(not finite, self.state.device):
-            terms = {k: float(v) for k, v in scalars.items()}
-            raise NonFiniteLossError(
-                f"non-finite loss at iteration {self.state.iteration} (epoch {self.state.epoch}, rank "
-                f"{dist_utils.get_rank()}, stage {getattr(self.state, 'stage', '?')}): loss terms "
-                f"[{format_terms(terms)}]; batch ids {batch_ids(batch)}"
-            )
+    def _stop_if_not_finite(self, logged: dict[str, float], batch: dict) -> None:
+        if math.isfinite(logged.get("loss", 0.0)):
+            return
+        terms = {k: v for k, v in logged.items() if k in OUTPUT_SCALAR_KEYS}
+        raise NonFiniteLossError(
+            f"non-finite loss at iteration {self.state.iteration} (epoch {self.state.epoch}, rank "
+            f"{dist_utils.get_rank()}, stage {getattr(self.state, 'stage', '?')}): loss terms "
+            f"[{format_terms(terms)}] (mean over ranks); batch ids {batch_ids(batch)}"
+        )

@@ -116,10 +116,18 @@ class KMeansClusterState(nn.Module):
         self.register_buffer("step", torch.tensor(0, dtype=torch.long))
         self._bank: deque[torch.Tensor] = deque(maxlen=bank_batches)
         self._told_waiting = False
+        self._initialized_on_host = False
 
     @property
     def is_initialized(self) -> bool:
-        return bool(self.initialized)
+        # once True it stays True until a state dict is loaded, so steady-state steps skip the device read
+        if not self._initialized_on_host:
+            self._initialized_on_host = bool(self.initialized)
+        return self._initialized_on_host
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._initialized_on_host = False
 
     def _synced(self) -> bool:
         return self.synchronize and distributed_ready()

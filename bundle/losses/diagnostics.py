@@ -96,10 +96,9 @@ def normalised_entropy(weights: torch.Tensor, valid: torch.Tensor) -> torch.Tens
     p = w / w.sum(dim=-1, keepdim=True).clamp_min(1e-12)
     entropy = -(p * torch.log(p.clamp_min(1e-12))).sum(dim=-1)
     count = valid.sum(dim=-1).float()
-    rows = count >= 2
-    if not bool(rows.any()):
-        return weights.new_zeros(()).float()
-    return (entropy[rows] / count[rows].log()).mean()
+    rows = (count >= 2).float()  # weights instead of a boolean selection: no device sync
+    normalised = entropy / count.clamp_min(2).log()
+    return (normalised * rows).sum() / rows.sum().clamp_min(1)
 
 
 def set_diagnostics(prefix: str, unit: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -30,7 +30,7 @@ from bundle.networks.reconstruction_decoder import (
     ViTReconstructionDecoder,
     mask_image_tokens,
 )
-from bundle.networks.sentence_features import sentence_means, sentence_tokens
+from bundle.networks.sentence_features import sentence_layout, sentence_means, sentence_tokens, valid_rows
 from bundle.networks.text_encoder import TextEncoder
 
 # Diagnostics the report loss computes on its own C (bundle/losses/diagnostics.py has the rest).
@@ -216,6 +216,18 @@ class CMCGNS(nn.Module):
         if int(stage) not in (1, 2):
             raise ValueError(f"stage must be 1 or 2, got {stage}")
         self.stage.fill_(int(stage))
+        self._stage_on_host = int(stage)
+
+    @property
+    def current_stage(self) -> int:
+        """The stage as a Python int: the buffer is read (a device sync) only after a state dict was loaded."""
+        if self._stage_on_host is None:
+            self._stage_on_host = int(self.stage)
+        return self._stage_on_host
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._stage_on_host = None  # the loaded buffer is the truth
 
     def stage_parameters(self, stage: int) -> list[nn.Parameter]:
         """Trainable parameters that receive gradients in `stage` (the decoder only in stage 2)."""
@@ -257,20 +269,21 @@ class CMCGNS(nn.Module):
         return_attention: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Everything after the encoders (projections, sentence features, attention, all losses)."""
-        image_tokens, image_global, sentences, valid, report_global = self._project(
+        image_tokens, image_global, sentences, layout, report_global = self._project(
             local_features, global_feature, token_features, sentence_index
         )
+        valid = layout.valid
 
         attention = self.cross_attention(image_tokens, sentences, valid)
         loss_img = self.image_loss(image_tokens, attention.text_to_image)
-        report = self.report_loss(sentences[valid], attention.image_to_text[valid])
+        report = self.report_loss(valid_rows(sentences, layout), valid_rows(attention.image_to_text, layout))
         global_ = self.global_loss(image_global, report_global)
 
         zero = image_tokens.new_zeros(())
         loss_recon, loss_recon_masked = zero, zero
         w = self.weights
         total = w["img"] * loss_img + w["report"] * report["loss"] + w["global"] * global_["loss"]
-        if int(self.stage) == 2:
+        if self.current_stage == 2:
             loss_recon, loss_recon_masked = self._reconstruction(image, image_tokens, attention.text_to_image)
             total = total + w["recon"] * loss_recon
 
@@ -306,10 +319,10 @@ class CMCGNS(nn.Module):
 
     def _project(self, local_features, global_feature, token_features, sentence_index):
         """The L2-normalised embeddings: image tokens [B, P, D], image vector [B, D], sentences [B, S, D] with their
-        validity mask [B, S], report vector [B, D]."""
+        layout (layout.valid: the validity mask [B, S]), report vector [B, D]."""
         image_tokens, image_global = self._project_image(local_features, global_feature)
-        sentences, valid, report_global = self._project_text(token_features, sentence_index)
-        return image_tokens, image_global, sentences, valid, report_global
+        sentences, layout, report_global = self._project_text(token_features, sentence_index)
+        return image_tokens, image_global, sentences, layout, report_global
 
     def _project_image(self, local_features, global_feature):
         image_tokens = F.normalize(self.local_image_projection(local_features), dim=-1)
@@ -318,10 +331,15 @@ class CMCGNS(nn.Module):
 
     def _project_text(self, token_features, sentence_index):
         # Only tokens inside a sentence reach a loss ([CLS], [SEP] and padding do not): project just those.
-        token_embed = F.normalize(self.local_text_projection(sentence_tokens(token_features, sentence_index)), dim=-1)
-        sentences, valid = sentence_means(token_embed, sentence_index)
+        if token_features.shape[:2] != sentence_index.shape:
+            raise ValueError(
+                f"tokens {tuple(token_features.shape)} and sentence_index {tuple(sentence_index.shape)} disagree"
+            )
+        layout = sentence_layout(sentence_index)
+        token_embed = F.normalize(self.local_text_projection(sentence_tokens(token_features, layout)), dim=-1)
+        sentences, valid = sentence_means(token_embed, layout)
         report_global = F.normalize(self.sentence_pool(sentences, valid), dim=-1)
-        return sentences, valid, report_global
+        return sentences, layout, report_global
 
     @torch.no_grad()
     def embed_image(self, image):
@@ -337,8 +355,8 @@ class CMCGNS(nn.Module):
         if sentence_index is None:
             raise ValueError("sentence_index is required (see bundle/data/tokenization.py)")
         tokens = self.text_encoder(input_ids, attention_mask, token_type_ids)
-        sentences, valid, report_global = self._project_text(tokens, sentence_index)
-        return {"report_global": report_global, "sentences": sentences, "sentence_mask": valid}
+        sentences, layout, report_global = self._project_text(tokens, sentence_index)
+        return {"report_global": report_global, "sentences": sentences, "sentence_mask": layout.valid}
 
     @torch.no_grad()
     def sentence_attention(self, image_tokens, sentences, sentence_mask):
@@ -354,9 +372,10 @@ class CMCGNS(nn.Module):
         if sentence_index is None:
             raise ValueError("sentence_index is required (see bundle/data/tokenization.py)")
         local, global_, tokens = self.encode(image, input_ids, attention_mask, token_type_ids)
-        image_tokens, image_global, sentences, valid, report_global = self._project(
+        image_tokens, image_global, sentences, layout, report_global = self._project(
             local, global_, tokens, sentence_index
         )
+        valid = layout.valid
         attention = self.cross_attention(image_tokens, sentences, valid)
         return {
             "image_global": image_global,

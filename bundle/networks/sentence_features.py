@@ -10,44 +10,72 @@ with `sentence_means`; `gather_sentences` is the same for a full [B, L, D] token
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 
-def sentence_tokens(tokens: torch.Tensor, sentence_index: torch.Tensor) -> torch.Tensor:
-    """The tokens that belong to a sentence, [M, D] in row-major (report, position) order."""
-    if tokens.shape[:2] != sentence_index.shape:
-        raise ValueError(f"tokens {tuple(tokens.shape)} and sentence_index {tuple(sentence_index.shape)} disagree")
-    return tokens[sentence_index > 0]
+class SentenceLayout(NamedTuple):
+    """Where each sentence token goes, from sentence_index alone, with one host read for the data-dependent sizes
+    (a GPU step waits for the device once here, not once per boolean selection)."""
+
+    token_positions: torch.Tensor  # [M] flat (report, position) indices of the tokens inside a sentence
+    token_slot: torch.Tensor  # [M] flat (report, packed sentence) slot of each of those tokens
+    valid: torch.Tensor  # [B, S_max] bool
+    slots: int  # S_max
+    sentences: int  # N = valid.sum()
 
 
-def sentence_means(selected: torch.Tensor, sentence_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """selected [M, D] = sentence_tokens(...), sentence_index [B, L] -> (sentences [B, S_max, D], valid [B, S_max])."""
-    batch = sentence_index.shape[0]
-    largest = int(sentence_index.max()) if sentence_index.numel() else 0
-    if largest < 1:
-        raise ValueError("no report in the batch has a sentence (sentence_index has no value >= 1)")
-    report, position = torch.nonzero(sentence_index > 0, as_tuple=True)
-    slot = report * largest + sentence_index[report, position] - 1  # (report, sentence number) flattened
-    width = selected.shape[-1]
-    sums = selected.new_zeros(batch * largest, width).index_add(0, slot, selected)
-    counts = torch.zeros(batch * largest, device=selected.device).index_add(
-        0, slot, torch.ones_like(slot, dtype=torch.float)
+def sentence_layout(sentence_index: torch.Tensor) -> SentenceLayout:
+    batch, length = sentence_index.shape
+    inside = sentence_index > 0
+    number = sentence_index.clamp(min=0)  # sentence numbers are at most L, so [B, L + 1] holds every one
+    tokens_per_number = torch.zeros(batch, length + 1, device=sentence_index.device).scatter_add_(
+        1, number, inside.float()
     )
-    means = (sums / counts.clamp(min=1).unsqueeze(1).to(sums.dtype)).view(batch, largest, width)
-    present = (counts > 0).view(batch, largest)
+    present = tokens_per_number[:, 1:] > 0  # [B, L]: sentence number k + 1 has a token
     per_report = present.sum(dim=1)
-    if bool((per_report == 0).any()):
+    m, slots, n, fewest = torch.stack([inside.sum(), per_report.max(), per_report.sum(), per_report.min()]).tolist()
+    if slots < 1:
+        raise ValueError("no report in the batch has a sentence (sentence_index has no value >= 1)")
+    if fewest == 0:
         empty = torch.nonzero(per_report == 0).flatten().tolist()
         raise ValueError(f"reports at batch positions {empty} have no sentence; drop them before the model")
-    slots = int(per_report.max())
-    packed = present.long().cumsum(dim=1) - 1  # packed slot of each present sentence number
-    rows = torch.arange(batch, device=selected.device).unsqueeze(1).expand_as(present)
-    sentences = selected.new_zeros(batch, slots, width)
-    sentences = sentences.index_put((rows[present], packed[present]), means[present])
-    valid = torch.arange(slots, device=selected.device).unsqueeze(0) < per_report.unsqueeze(1)
-    return sentences, valid
+    positions = torch.nonzero_static(inside.flatten(), size=m).squeeze(1)
+    packed = present.long().cumsum(dim=1) - 1  # packed slot of each sentence number (skipping absent numbers)
+    report = torch.div(positions, length, rounding_mode="floor")
+    token_number = number.flatten()[positions]  # 1-based
+    token_slot = report * slots + packed[report, token_number - 1]
+    valid = torch.arange(slots, device=sentence_index.device).unsqueeze(0) < per_report.unsqueeze(1)
+    return SentenceLayout(positions, token_slot, valid, int(slots), int(n))
+
+
+def sentence_tokens(tokens: torch.Tensor, layout: SentenceLayout) -> torch.Tensor:
+    """The tokens that belong to a sentence, [M, D] in row-major (report, position) order."""
+    return tokens.flatten(0, 1).index_select(0, layout.token_positions)
+
+
+def sentence_means(selected: torch.Tensor, layout: SentenceLayout) -> tuple[torch.Tensor, torch.Tensor]:
+    """selected [M, D] = sentence_tokens(...) -> (sentences [B, S_max, D], valid [B, S_max]); absent slots are 0."""
+    batch, slots = layout.valid.shape
+    width = selected.shape[-1]
+    sums = selected.new_zeros(batch * slots, width).index_add(0, layout.token_slot, selected)
+    counts = torch.zeros(batch * slots, device=selected.device).index_add(
+        0, layout.token_slot, torch.ones_like(layout.token_slot, dtype=torch.float)
+    )
+    means = sums / counts.clamp(min=1).unsqueeze(1).to(sums.dtype)
+    return means.view(batch, slots, width), layout.valid
+
+
+def valid_rows(x: torch.Tensor, layout: SentenceLayout) -> torch.Tensor:
+    """x[valid] for x [B, S_max, ...] without a boolean selection (the count is known from the layout)."""
+    index = torch.nonzero_static(layout.valid.flatten(), size=layout.sentences).squeeze(1)
+    return x.flatten(0, 1).index_select(0, index)
 
 
 def gather_sentences(tokens: torch.Tensor, sentence_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """tokens [B, L, D], sentence_index [B, L] (long) -> (sentences [B, S_max, D], valid [B, S_max] bool)."""
-    return sentence_means(sentence_tokens(tokens, sentence_index), sentence_index)
+    if tokens.shape[:2] != sentence_index.shape:
+        raise ValueError(f"tokens {tuple(tokens.shape)} and sentence_index {tuple(sentence_index.shape)} disagree")
+    layout = sentence_layout(sentence_index)
+    return sentence_means(sentence_tokens(tokens, layout), layout)
