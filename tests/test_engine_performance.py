@@ -72,3 +72,22 @@ def test_host_cached_stage_and_kmeans_flags_follow_a_loaded_state_dict(text_dir)
     one_step(back, batch())
     back.load_state_dict(build(text_dir).state_dict())  # a stage-1, uninitialised checkpoint
     assert back.current_stage == 1 and not back.report_loss.state.is_initialized
+
+
+def test_benchmark_host_sync_counter_names_the_calls_and_their_sites():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench", ROOT / "scripts" / "benchmark_pretrain_step.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    from bundle.networks.sentence_features import sentence_layout
+
+    x = torch.randn(6)
+    index = torch.tensor([[-1, 1, 1, 2, -1], [-1, 1, -1, -1, -1]])
+    with bench.HostSyncCounter(torch.device("cpu")) as counter:
+        _ = float(x.sum()), x[x > 0], x + 1  # two host reads and one harmless op
+        sentence_layout(index)
+    sites = counter.sites
+    assert sum(sites.values()) == 3, sites
+    assert any(k.startswith("tolist at bundle/networks/sentence_features.py:") for k in sites)
+    assert any(k.startswith("__float__") for k in sites) and any(k.startswith("__getitem__[bool mask]") for k in sites)
