@@ -18,6 +18,7 @@ from torch import nn
 
 from bundle.networks.attention_pool import MeanQueryAttentionPool
 from bundle.networks.torchvision_resnet_weights import load_torchvision_resnet_weights
+from bundle.networks.vit_weights import load_timm_vit_weights
 
 RESNETS = {"resnet18": (resnet18, 512), "resnet50": (resnet50, 2048)}
 VITS = ("vit_b16", "vit")
@@ -108,6 +109,7 @@ class ViTImageEncoder(nn.Module):
         num_layers: int = 12,
         num_heads: int = 12,
         dropout_rate: float = 0.0,
+        pretrained_weights: str | Path | None = None,
     ):
         super().__init__()
         if image_size % patch_size:
@@ -132,6 +134,8 @@ class ViTImageEncoder(nn.Module):
             # MONAI builds this LayerNorm even without cross-attention and never calls it: an unused module.
             if not block.with_cross_attention:
                 block.norm_cross_attn = nn.Identity()
+        if pretrained_weights:
+            load_timm_vit_weights(self.backbone, pretrained_weights, in_channels, self.grid_size)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tokens, _ = self.backbone(_match_channels(image, self.in_channels))  # [B, 1 + P, F], layer-normed
@@ -158,9 +162,14 @@ def build_image_encoder(
     if name in RESNETS:
         return ResNetImageEncoder(name, in_channels, image_size, pool_num_heads, pretrained_weights)
     if name in VITS:
-        if pretrained_weights:
-            raise ValueError("pretrained_weights loads torchvision ResNet weights only; not supported for ViT")
         return ViTImageEncoder(
-            in_channels, image_size, vit_patch_size, vit_hidden_size, vit_mlp_dim, vit_num_layers, vit_num_heads
+            in_channels,
+            image_size,
+            vit_patch_size,
+            vit_hidden_size,
+            vit_mlp_dim,
+            vit_num_layers,
+            vit_num_heads,
+            pretrained_weights=pretrained_weights,
         )
     raise ValueError(f"unknown image encoder {name!r}; choose one of {sorted(RESNETS) + list(VITS)}")

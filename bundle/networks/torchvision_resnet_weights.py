@@ -55,7 +55,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a local checkpoint (tensors only) and unwrap a {"state_dict": ...} or {"model": ...} container."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"ResNet weight file not found: {path}")
+        raise FileNotFoundError(f"weight file not found: {path}")
     loaded = torch.load(path, map_location="cpu", weights_only=True)
     for container in ("state_dict", "model"):
         if isinstance(loaded, dict) and isinstance(loaded.get(container), dict):
