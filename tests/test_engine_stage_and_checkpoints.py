@@ -167,3 +167,28 @@ def test_export_writes_plain_state_dicts_of_model_and_image_encoder(tmp_path):
     fresh.image_encoder.load_state_dict(encoder)  # strict
     assert torch.equal(fresh.image_encoder.weight, model.image_encoder.weight)
     assert set(whole) == set(model.state_dict())
+
+
+def test_export_writes_a_torchscript_image_encoder_equal_to_the_state_dict(tmp_path):
+    from bundle.networks.image_encoders import build_image_encoder
+
+    class Pretraining(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.image_encoder = build_image_encoder("resnet18", 1, 64)
+            self.head = torch.nn.Linear(4, 4)
+
+    torch.manual_seed(0)
+    model = Pretraining()
+    best = {k: v + 0.01 for k, v in model.state_dict().items()}  # the best checkpoint differs from the live weights
+    torch.save(best, tmp_path / "best.pt")
+    paths = EncoderExportHandler(model, str(tmp_path), source_checkpoint=str(tmp_path / "best.pt"))()
+    scripted = torch.jit.load(paths["torchscript"])
+    eager = build_image_encoder("resnet18", 1, 64).eval()
+    eager.load_state_dict(torch.load(tmp_path / "image_encoder.pt", weights_only=True))
+    image = torch.rand(3, 1, 64, 64) * 2 - 1
+    with torch.no_grad():
+        for ours, theirs in zip(eager(image), scripted.eval()(image)):
+            torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-4)
+    assert torch.equal(eager.backbone.conv1.weight, best["image_encoder.backbone.conv1.weight"])
+    assert not list(tmp_path.glob("*.tmp.*"))

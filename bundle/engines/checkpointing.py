@@ -35,12 +35,13 @@ BaseSaveHandler, _ = optional_import("ignite.handlers.checkpoint", "0.4.11", min
 logger = logging.getLogger(__name__)
 
 
-def atomic_torch_save(obj, path: str) -> None:
-    """torch.save to a temporary file and rename it over `path`, so a run killed while saving keeps the old file."""
+def atomic_torch_save(obj, path: str, save=torch.save) -> None:
+    """`save` (torch.save, or torch.jit.save for a scripted module) to a temporary file and rename it over `path`, so
+    a run killed while saving keeps the old file."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
-        torch.save(obj, tmp)
+        save(obj, tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -366,11 +367,33 @@ class StageBestCheckpointSaver(AtomicCheckpointSaver):
         return -priority if self.lower_is_better else priority
 
 
+def script_encoder(encoder: torch.nn.Module, state: dict, path: str) -> torch.jit.ScriptModule:
+    """A CPU copy of `encoder` with `state`, scripted, checked against the eager copy on a random image, saved."""
+    import copy
+
+    eager = copy.deepcopy(encoder).cpu().eval()
+    eager.load_state_dict(state)
+    scripted = torch.jit.script(eager)
+    image = torch.rand(
+        2, eager.in_channels, eager.image_size, eager.image_size, generator=torch.Generator().manual_seed(0)
+    )
+    with torch.no_grad():
+        for ours, theirs in zip(eager(image * 2 - 1), scripted(image * 2 - 1)):
+            if not torch.allclose(ours, theirs, atol=1e-5, rtol=1e-4):
+                raise RuntimeError(
+                    f"TorchScript export differs from the eager encoder by {(ours - theirs).abs().max():.2e}"
+                )
+    atomic_torch_save(scripted, path, save=torch.jit.save)
+    return scripted
+
+
 class EncoderExportHandler:
-    """At the end of training writes `model.pt` (whole pretraining model) and `image_encoder.pt` (image encoder only).
+    """At the end of training writes `model.pt` (whole pretraining model), `image_encoder.pt` (image encoder only) and
+    `image_encoder.ts` (the image encoder scripted with TorchScript; `torchscript_filename=None` skips it).
 
     The weights come from `source_checkpoint` (the best checkpoint of the final stage) when it exists, else from the
-    live model. Both files are plain state dicts loadable with `torch.load(..., weights_only=True)`.
+    live model. The .pt files are plain state dicts loadable with `torch.load(..., weights_only=True)`; the .ts file
+    loads with `torch.jit.load` without the bundle's code, and is checked to give the eager encoder's outputs.
     """
 
     def __init__(
@@ -381,6 +404,7 @@ class EncoderExportHandler:
         model_filename: str = "model.pt",
         encoder_filename: str = "image_encoder.pt",
         encoder_attribute: str = "image_encoder",
+        torchscript_filename: str | None = "image_encoder.ts",
     ) -> None:
         self.network = network
         self.save_dir = save_dir
@@ -388,6 +412,7 @@ class EncoderExportHandler:
         self.model_filename = model_filename
         self.encoder_filename = encoder_filename
         self.encoder_attribute = encoder_attribute
+        self.torchscript_filename = torchscript_filename
 
     def attach(self, engine) -> None:
         engine.add_event_handler(Events.COMPLETED, self)
@@ -421,6 +446,18 @@ class EncoderExportHandler:
         }
         atomic_torch_save(state, paths["model"])
         atomic_torch_save(encoder_state, paths["image_encoder"])
+        encoder = getattr(model, self.encoder_attribute)
+        if self.torchscript_filename and hasattr(encoder, "in_channels") and hasattr(encoder, "image_size"):
+            path = os.path.join(self.save_dir, self.torchscript_filename)
+            try:
+                script_encoder(encoder, encoder_state, path)
+                paths["torchscript"] = path
+            except Exception as error:  # noqa: BLE001 - the state dicts above are the export; this is a convenience
+                logger.error(
+                    "export: TorchScript of the image encoder failed (%s); %s is unaffected",
+                    error,
+                    paths["image_encoder"],
+                )
         logger.info(
             "exported the pretraining model to %s and the image encoder to %s (weights from %s)",
             paths["model"],

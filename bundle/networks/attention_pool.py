@@ -8,6 +8,8 @@ masked out). The mean token is prepended to the sequence; only its output is ret
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -51,7 +53,7 @@ class MeanQueryAttentionPool(nn.Module):
                     f"attention pool built for {self.positional_embedding.shape[0] - 1} tokens, got {tokens.shape[1]}"
                 )
             x = x + self.positional_embedding.to(x.dtype)
-        padding = None
+        padding: Optional[torch.Tensor] = None  # typed for TorchScript (models/image_encoder.ts)
         if valid is not None:
             padding = torch.cat([torch.zeros_like(valid[:, :1]), ~valid], dim=1)  # True = ignore
         seq_first = x.transpose(0, 1)
