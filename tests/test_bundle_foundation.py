@@ -42,6 +42,18 @@ def test_metadata_versions_match_installed_environment():
         assert md.version(name) == version, f"metadata.json says {name}=={version}"
 
 
+def test_required_packages_install_without_torchvision():
+    """What MONAI installs from required_packages_version (`monai.bundle download` / MONAI Label) must not pull
+    torchvision: data-only packages such as torchxrayvision (it ships the demo's reports) stay out of it."""
+    import re
+
+    for name in _metadata()["required_packages_version"]:
+        needs = [
+            re.split(r"[ ;<>=!\[(]", r, maxsplit=1)[0].lower() for r in md.requires(name) or [] if "extra ==" not in r
+        ]
+        assert "torchvision" not in needs, f"{name} requires torchvision"
+
+
 def _verify(meta_file: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     cmd = [
