@@ -24,7 +24,6 @@ import argparse
 import ast
 import json
 import logging
-import math
 import resource
 import statistics
 import sys
@@ -167,7 +166,7 @@ def dry_run(args) -> dict:
     except Exception as error:  # noqa: BLE001
         raise DryRunError(f"building the run failed: {type(error).__name__}: {error}") from error
     n_train = len(parser.get_parsed_content("train#datalist"))
-    steps_per_epoch = math.ceil(n_train / batch_size)
+    steps_per_epoch = int(parser.get_parsed_content("train#epoch_length"))  # the config's own (drop_last, ranks)
     epochs = {1: int(parser.get_parsed_content("stage1_epochs")), 2: int(parser.get_parsed_content("stage2_epochs"))}
     loader_figures = time_loader(loader, args.steps)
     model = unwrap_model(network)
@@ -184,7 +183,7 @@ def dry_run(args) -> dict:
         "configs": args.config_files,
         "overrides": args.set,
         "device": str(device),
-        "image_encoder": getattr(model, "encoder_kind", None) or type(model.image_encoder).__name__,
+        "image_encoder": parser.get("network_def#image_encoder", type(model.image_encoder).__name__),
         "parameters_millions": sum(p.numel() for p in model.parameters()) / 1e6,
         "training_images": n_train,
         "batch_size": batch_size,

@@ -32,7 +32,7 @@ def test_dry_run_measures_both_stages_and_writes_nothing(dry_run, tmp_path, tiny
     )  # fmt: skip
     assert code == 0
     report = json.loads(out.read_text())
-    assert report["training_images"] == 12 and report["steps_per_epoch"] == 3
+    assert report["training_images"] == 12 and report["steps_per_epoch"] == 3 and report["image_encoder"] == "vit_b16"
     assert report["loader"]["batches"] == 3 and report["loader"]["images"] == 12
     assert [s["stage"] for s in report["stages"]] == [1, 2] and all(s["steps"] == 3 for s in report["stages"])
     for s in report["stages"]:
