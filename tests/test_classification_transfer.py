@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import torch
 from monai.transforms import Compose
@@ -83,6 +84,13 @@ def test_linear_probe_grid_writes_table_and_plot(tmp_path):
     assert "| cmcgns |" in text and "| random |" in text and "(n=2)" in text
     runs = [line for line in text.splitlines() if line.startswith("| cmcgns | ") or line.startswith("| random | ")]
     assert len(runs) == 2 + 2 + 2 * 2 * 2  # accuracy table, AUROC table, one row per run
+    # each fraction trains on exactly its manifest subset (the runs table's training-image column)
+    meta = json.loads((data / "manifests" / "classification.json").read_text())["meta"]["fractions"]
+    per_run = [r.split("|")[1:5] for r in runs if r.split("|")[2].strip() in ("0.1", "1.0")]
+    assert len(per_run) == 8
+    for _, fraction, _, n_train in per_run:
+        assert int(n_train) == len(meta["0.1"] if fraction.strip() == "0.1" else meta["1.0"]) != 0
+    assert len(meta["0.1"]) < len(meta["1.0"]) == 20
     assert (results / "tiny_classification.png").stat().st_size > 1000
 
 

@@ -24,6 +24,16 @@ def test_subsets_are_nested_stratified_and_sized():
     assert [sorted(by_id[i] for i in medium).count(c) for c in (0, 1, 2)] == [90, 9, 1]
 
 
+def test_close_fractions_stay_nested_on_uneven_strata():
+    # 25 % -> 30 % of strata of 36 / 1 / 41: without the floor the largest-remainder share of the one-item stratum
+    # moves, and the 30 % subset loses an item of the 25 % one
+    items = items_with_labels({0: 36, 1: 1, 2: 41})
+    for seed in range(3):
+        subsets = nested_fraction_subsets(items, (0.25, 0.3, 1.0), seed=seed)
+        assert set(subsets[0.25]) <= set(subsets[0.3]) <= set(subsets[1.0])
+        assert (len(subsets[0.25]), len(subsets[0.3])) == (20, 23)  # round(0.25 * 78), round(0.3 * 78)
+
+
 def test_multi_hot_labels_are_strata_and_order_follows_the_items():
     items = [{"id": f"i{k}", "label": [1.0, 0.0] if k % 4 else [0.0, 1.0]} for k in range(40)]
     subsets = nested_fraction_subsets(items, (0.25, 1.0), seed=0)

@@ -206,3 +206,22 @@ def test_simsiam_targets_are_stop_gradients(text_dir):
     (-(cos(h(text_ref), image.detach(), dim=-1).mean()) / 2).backward()
     torch.testing.assert_close(image.grad, image_ref.grad)
     torch.testing.assert_close(text.grad, text_ref.grad)
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_total_loss_uses_each_weight_on_its_own_term(text_dir, stage):
+    """method.md 4.6: L = w_img L_img + w_report L_report + w_global L_global (+ w_recon L_recon in stage 2), here
+    with four different non-default weights, so a permuted or dropped weight changes the total."""
+    weights = dict(weight_img=0.3, weight_report=1.7, weight_global=0.6, weight_recon=2.5)
+    model = build(text_dir, **weights).train()
+    model.set_stage(stage)
+    torch.manual_seed(0)
+    out = model(**batch())
+    expected = 0.3 * out["loss_img"] + 1.7 * out["loss_report"] + 0.6 * out["loss_global"]
+    if stage == 2:
+        assert float(out["loss_recon"]) > 0
+        expected = expected + 2.5 * out["loss_recon"]
+    else:
+        assert float(out["loss_recon"]) == 0
+    torch.testing.assert_close(out["loss"], expected, atol=1e-6, rtol=1e-6)
+    assert len({float(out[k]) for k in ("loss_img", "loss_report", "loss_global")}) == 3  # distinct terms
