@@ -70,6 +70,7 @@ def test_host_cached_stage_and_kmeans_flags_follow_a_loaded_state_dict(text_dir)
     back = build(text_dir)
     back.set_stage(2)
     one_step(back, batch())
+    assert back.current_stage == 2 and back.report_loss.state.is_initialized  # both now cached as such on the host
     back.load_state_dict(build(text_dir).state_dict())  # a stage-1, uninitialised checkpoint
     assert back.current_stage == 1 and not back.report_loss.state.is_initialized
 
