@@ -269,7 +269,7 @@ def write_report(results: list[dict], args, seconds: float) -> None:
     out_dir = Path(args.results_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "demo_ablation.json").write_text(json.dumps(results, indent=1, sort_keys=True), encoding="utf-8")
-    names = list(dict.fromkeys(r["variant"] for r in results))
+    names = [v for v in VARIANTS if any(r["variant"] == v for r in results)]  # a, b, ... g, as the PNG
     lines = [
         "# Demo ablation: what each CM-CGNS component adds",
         "",
