@@ -143,6 +143,21 @@ def test_pretrain_then_evaluate_config_workflows(tmp_path, tiny_dataset, tiny_te
     metrics = (tmp_path / "eval" / "metrics.csv").read_text()
     assert "val_loss" in metrics and "val_i2t_top1" in metrics and "val_chance_top1" in metrics
 
+    # the evaluate config reproduces the validation loss its checkpoint had in training, and another checkpoint's
+    def eval_loss(checkpoint, out):
+        ev = workflow([PRETRAIN, EVALUATE], workflow_type="eval", **overrides, eval_dir=str(out),
+                      eval_checkpoint=str(checkpoint))  # fmt: skip
+        ev.initialize()
+        ev.run()
+        ev.finalize()
+        rows = dict(line.split(",")[:2] for line in (out / "metrics.csv").read_text().split() if "," in line)
+        return float(rows["val_loss"])
+
+    models = tmp_path / "models"
+    assert eval_loss(models / "model.pt", tmp_path / "e2") == pytest.approx(val_records[1]["val_loss"], rel=1e-4)
+    assert eval_loss(models / "stage1_best.pt", tmp_path / "e1") == pytest.approx(val_records[0]["val_loss"], rel=1e-4)
+    assert val_records[0]["val_loss"] != pytest.approx(val_records[1]["val_loss"], rel=1e-3)
+
 
 def test_missing_text_model_dir_fails_before_any_data_is_read(tmp_path):
     # dataset_dir does not exist either: the text model error must come first, from `initialize`
