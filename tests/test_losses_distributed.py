@@ -6,11 +6,13 @@ the synchronised centroids (update and initialisation). With sync_centroids=Fals
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from bundle.losses.cluster_report_loss import ClusterGuidedReportLoss
 from bundle.losses.cluster_state import KMeansClusterState
 from bundle.losses.global_contrastive import GlobalContrastiveLoss
 
@@ -60,6 +62,18 @@ def cluster_results(data, pick_z2, pick_bank, synchronize):
     return results
 
 
+def gate_values(c: torch.Tensor) -> dict:
+    """The k-means start gate's value (mean cosine) of one rank's similarity matrix, synchronised or not."""
+    return {
+        sync: ClusterGuidedReportLoss(embed_dim=D, num_clusters=4, temperature=0.1, sync_centroids=sync)._gate_value(c)
+        for sync in (True, False)
+    }
+
+
+# a 3 x 3 and a 5 x 5 block of cosine / temperature values: the ranks see different batches
+GATE_C = [torch.full((3, 3), 2.0), torch.full((5, 5), 6.0)]
+
+
 def worker(rank: int, init_file: str, out_dir: str):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
@@ -70,6 +84,7 @@ def worker(rank: int, init_file: str, out_dir: str):
         out["unequal"] = global_loss_and_grads(data["image"][UNEQUAL_GLOBAL[rank]], data["text"][UNEQUAL_GLOBAL[rank]])
         out["sync"] = cluster_results(data, lambda z: z[Z2_SPLIT[rank]], lambda z: z[BANK_SPLIT[rank]], True)
         out["per_rank"] = cluster_results(data, lambda z: z[Z2_SPLIT[rank]], lambda z: z[BANK_SPLIT[rank]], False)
+        out["gate"] = gate_values(GATE_C[rank])
         torch.save(out, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -96,5 +111,11 @@ def test_two_gloo_processes_match_one_process_with_the_concatenated_batch(tmp_pa
     for key, value in single.items():
         for r in range(WORLD):
             torch.testing.assert_close(ranks[r]["sync"][key], value, atol=1e-6, rtol=0, msg=f"{key} rank {r}")
+    # The start gate decides on the mean over every rank's entries, so all ranks open it at the same step:
+    # (9 x 0.2 + 25 x 0.6) / 34 in cosine units (C x temperature 0.1); without synchronisation each its own mean.
+    expected_gate = (9 * 0.2 + 25 * 0.6) / 34
+    for r in range(WORLD):
+        assert ranks[r]["gate"][True] == pytest.approx(expected_gate, rel=1e-6)
+    assert (ranks[0]["gate"][False], ranks[1]["gate"][False]) == (pytest.approx(0.2), pytest.approx(0.6))
     # Published behaviour (no synchronisation): each rank's centroids follow its own half of the batch.
     assert not torch.allclose(ranks[0]["per_rank"]["update_mean"], ranks[1]["per_rank"]["update_mean"])
