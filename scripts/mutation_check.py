@@ -52,7 +52,7 @@ MUTATIONS = (
         "bundle/engines/stage_schedule.py",
         "                dist_utils.broadcast_module_state(model)  # the file is read on rank 0 only",
         "                pass",
-        ("tests/test_engine_stage_and_checkpoints.py", "tests/test_pretrain_multiprocess.py"),
+        ("tests/test_stage_switch_distributed.py",),
     ),
     Mutation(
         "evaluate-pretrain-no-loader",

@@ -1,0 +1,56 @@
+"""The stage switch under two gloo processes: stage 2 starts from stage1_best.pt on EVERY rank, although only rank 0
+reads the file (the handler loads it on rank 0 and broadcasts; a rank that kept its last stage-1 weights would
+train another model from then on)."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from bundle.engines.stage_schedule import StageScheduleHandler
+
+WORLD = 2
+
+
+class TwoStageModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(3, 2)
+        self.register_buffer("stage", torch.tensor(1))
+
+    def set_stage(self, stage: int) -> None:
+        self.stage.fill_(stage)
+
+
+def worker(rank: int, init_file: str, out_dir: str):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        model = TwoStageModel()
+        with torch.no_grad():
+            model.layer.weight.fill_(-1.0)  # the last stage-1 weights, the same on both ranks (DDP keeps them so)
+            model.layer.bias.fill_(-1.0)
+        best = f"{out_dir}/stage1_best.pt"
+        if rank == 0:
+            best_state = {
+                k: torch.full_like(v, 7.0) if v.is_floating_point() else v for k, v in model.state_dict().items()
+            }
+            torch.save({"model": best_state}, best)
+        dist.barrier()
+        handler = StageScheduleHandler(
+            model, torch.optim.Adam(model.parameters()), 1, 1, out_dir, best_checkpoint=best, stage2_init="best"
+        )
+        handler.switch_to_stage2()
+        torch.save(model.state_dict(), f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_both_ranks_start_stage2_from_the_best_stage1_checkpoint(tmp_path):
+    mp.spawn(worker, args=(str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=WORLD, join=True)
+    for rank in range(WORLD):
+        state = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert torch.all(state["layer.weight"] == 7.0) and torch.all(state["layer.bias"] == 7.0), rank
+        assert int(state["stage"]) == 2, rank
