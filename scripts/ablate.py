@@ -245,14 +245,25 @@ def localised_table(results: list[dict], names: list[str], args) -> list[str]:
     if not columns or not any(r.get(k) is not None for r in results for k, _ in columns):
         return []
     fraction = f"{args.localised_fraction * 100:g} %"
+    grids = [t for t in ("segmentation", "detection") if t in args.localised]
+    text = ["", "Localised tasks."]
+    if grids:
+        text.append(
+            f"{' and '.join(g.capitalize() if i == 0 else g for i, g in enumerate(grids))}: the demo grid's protocol "
+            "and settings (bundle/downstream/ablation_localised.py; "
+            + ", ".join(f"demo_{g}.md" for g in grids)
+            + f"), encoder frozen, {fraction} of the training labels, one head per pretraining seed (head seed = "
+            "pretraining seed), test split."
+        )
+    if "grounding" in args.localised:
+        text.append(
+            "Grounding: pointing game of the sentence maps on the test split's boxed sentences (a control sentence "
+            "from another finding as the baseline) and zero-shot macro AUROC, from scripts/evaluate_joint_space.py."
+        )
+    text.append("n: cells with these columns.")
     lines = [
-        "",
-        f"Localised tasks. Segmentation and detection: the demo grids' protocol and settings "
-        f"(bundle/downstream/ablation_localised.py; demo_segmentation.md, demo_detection.md), encoder frozen, "
-        f"{fraction} of the training labels, one head per pretraining seed (head seed = pretraining seed), test "
-        "split. Grounding: pointing game of the sentence maps on the test split's boxed sentences (a control "
-        "sentence from another finding as the baseline) and zero-shot macro AUROC, from "
-        "scripts/evaluate_joint_space.py. n: cells with these columns.",
+        text[0],
+        " ".join(text[1:]),
         "",
         "| variant | n | " + " | ".join(title for _, title in columns) + " |",
         "|---|---|" + "---|" * len(columns),
