@@ -35,10 +35,11 @@ BaseSaveHandler, _ = optional_import("ignite.handlers.checkpoint", "0.4.11", min
 logger = logging.getLogger(__name__)
 
 
-def atomic_torch_save(obj, path: str, save=torch.save) -> None:
+def atomic_torch_save(obj, path: str, save=None) -> None:
     """`save` (torch.save, or torch.jit.save for a scripted module) to a temporary file and rename it over `path`, so
     a run killed while saving keeps the old file."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    save = save or torch.save  # looked up at call time (tests replace torch.save to simulate a kill)
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
         save(obj, tmp)
