@@ -44,7 +44,12 @@ from bundle.downstream.cached_linear_probe import (
     train_linear_head,
 )
 from bundle.downstream.encoder_loading import parse_encoder
-from bundle.downstream.grid_report import command_footer, mean_spread, plot_fraction_curves  # noqa: E402
+from bundle.downstream.grid_report import (  # noqa: E402
+    command_footer,
+    mean_spread,
+    plot_fraction_curves,
+    train_validate_test,
+)
 from bundle.downstream.metrics import MacroAUROC  # noqa: E402
 
 logger = logging.getLogger("evaluate_transfer")
@@ -178,12 +183,7 @@ def run_fine_tune_grid(args, encoders, key: str) -> list[dict]:
                     seed=seed,
                     output_dir=str(out),
                 )
-                parser.get_parsed_content("initialize")  # set_determinism(seed); early stopping -> trainer
-                trainer = parser.get_parsed_content("train#trainer")
-                trainer.run()
-                validator = parser.get_parsed_content("validate#evaluator")
-                evaluator = parser.get_parsed_content("test#evaluator")
-                evaluator.run()
+                trainer, validator, evaluator = train_validate_test(parser)
                 metrics = evaluator.state.metrics
                 auroc = next(
                     m

@@ -31,6 +31,7 @@ from bundle.downstream.grid_report import (
     command_footer,
     mean_spread,
     plot_fraction_curves,
+    train_validate_test,
 )
 
 logger = logging.getLogger("evaluate_transfer.detection")
@@ -116,12 +117,7 @@ def run_cell(args, label: str, source: str, weights: str | None, fraction: float
     out = Path(args.work_dir) / f"{label}_{fraction_key(fraction)}_seed{seed}"
     start = time.perf_counter()
     parser = cell_parser(args, source, weights, fraction, seed, out)
-    parser.get_parsed_content("initialize")  # set_determinism(seed); early stopping -> trainer
-    trainer = parser.get_parsed_content("train#trainer")
-    trainer.run()
-    validator = parser.get_parsed_content("validate#evaluator")
-    evaluator = parser.get_parsed_content("test#evaluator")
-    evaluator.run()
+    trainer, validator, evaluator = train_validate_test(parser)
     metrics = evaluator.state.metrics
     return {
         "encoder": label,

@@ -84,3 +84,15 @@ def add_output_arguments(p, results_dir: str, work_dir: str) -> None:
     p.add_argument("--note", default="", help="a sentence added to the results file")
     p.add_argument("--results_dir", default=results_dir)
     p.add_argument("--work_dir", default=work_dir)
+
+
+def train_validate_test(parser):
+    """One grid cell of a downstream config: initialize (set_determinism(seed), early stopping -> trainer), train
+    with validation selecting the best checkpoint, then the test split. Returns (trainer, validator, evaluator)."""
+    parser.get_parsed_content("initialize")
+    trainer = parser.get_parsed_content("train#trainer")
+    trainer.run()
+    validator = parser.get_parsed_content("validate#evaluator")
+    evaluator = parser.get_parsed_content("test#evaluator")
+    evaluator.run()
+    return trainer, validator, evaluator

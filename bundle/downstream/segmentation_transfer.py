@@ -25,6 +25,7 @@ from bundle.downstream.grid_report import (
     command_footer,
     mean_spread,
     plot_fraction_curves,
+    train_validate_test,
 )
 
 logger = logging.getLogger("evaluate_transfer.segmentation")
@@ -111,12 +112,7 @@ def run_cell(args, label: str, source: str, weights: str | None, fraction: float
         overrides["max_epochs"] = epochs
     parser = config_parser(args, **overrides)
     start = time.perf_counter()
-    parser.get_parsed_content("initialize")  # set_determinism(seed); early stopping -> trainer
-    trainer = parser.get_parsed_content("train#trainer")
-    trainer.run()
-    validator = parser.get_parsed_content("validate#evaluator")
-    evaluator = parser.get_parsed_content("test#evaluator")
-    evaluator.run()
+    trainer, validator, evaluator = train_validate_test(parser)
     metrics = evaluator.state.metrics
     return {
         "encoder": label,

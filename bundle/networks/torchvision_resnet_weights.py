@@ -65,14 +65,20 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return loaded
 
 
+def state_dict_mismatch(mapped: dict, expected: dict) -> tuple[list[str], list[str], list[str]]:
+    """(missing, unexpected, wrong-shape) keys of a mapped state dict against a module's own."""
+    missing = sorted(set(expected) - set(mapped))
+    unexpected = sorted(set(mapped) - set(expected))
+    wrong_shape = [k for k in expected if k in mapped and mapped[k].shape != expected[k].shape]
+    return missing, unexpected, wrong_shape
+
+
 def load_torchvision_resnet_weights(backbone: nn.Module, source: str | Path | dict, n_input_channels: int) -> None:
     """Load torchvision-format weights (a path or a state dict) into a MONAI ResNet; every trunk key must match."""
     state_dict = source if isinstance(source, dict) else read_state_dict(source)
     mapped = torchvision_resnet_to_monai(state_dict, n_input_channels)
     expected = {k: v for k, v in backbone.state_dict().items() if not k.startswith("fc.")}
-    missing = sorted(set(expected) - set(mapped))
-    unexpected = sorted(set(mapped) - set(expected))
-    wrong_shape = [k for k in expected if k in mapped and mapped[k].shape != expected[k].shape]
+    missing, unexpected, wrong_shape = state_dict_mismatch(mapped, expected)
     if missing or unexpected or wrong_shape:
         raise ValueError(
             f"torchvision ResNet weights do not fit this MONAI ResNet: missing {missing[:5]}, "

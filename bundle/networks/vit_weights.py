@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bundle.networks.torchvision_resnet_weights import read_state_dict
+from bundle.networks.torchvision_resnet_weights import read_state_dict, state_dict_mismatch
 
 _PREFIXES = ("module.", "model.", "encoder.", "backbone.", "visual.")
 _DROPPED = ("head.", "head_dist.", "fc_norm.", "pre_logits.")
@@ -99,9 +99,7 @@ def load_timm_vit_weights(backbone: nn.Module, source: str | Path | dict, in_cha
     state_dict = source if isinstance(source, dict) else read_state_dict(source)
     mapped = timm_vit_to_monai(state_dict, in_channels, grid)
     expected = backbone.state_dict()
-    missing = sorted(set(expected) - set(mapped))
-    unexpected = sorted(set(mapped) - set(expected))
-    wrong_shape = [k for k in expected if k in mapped and mapped[k].shape != expected[k].shape]
+    missing, unexpected, wrong_shape = state_dict_mismatch(mapped, expected)
     if missing or unexpected or wrong_shape:
         raise ValueError(
             f"timm ViT weights do not fit this MONAI ViT: missing {missing[:5]}, unexpected {unexpected[:5]}, "
