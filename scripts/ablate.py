@@ -239,12 +239,19 @@ def cell_minutes(results: list[dict]) -> float:
     return sum(r.get(k) or 0.0 for r in results for k in keys) / 60
 
 
+def panel_fraction(key: str, args) -> float:
+    return ablation_localised.detection_fraction(args) if key.startswith("det") else args.localised_fraction
+
+
 def localised_table(results: list[dict], names: list[str], args) -> list[str]:
     """The segmentation / detection / grounding table (rows with at least one localised value)."""
     columns = [(k, title) for task in args.localised for k, (_, title) in ablation_localised.COLUMNS[task].items()]
     if not columns or not any(r.get(k) is not None for r in results for k, _ in columns):
         return []
-    fraction = f"{args.localised_fraction * 100:g} %"
+    fractions = {
+        "segmentation": f"{args.localised_fraction * 100:g} %",
+        "detection": f"{ablation_localised.detection_fraction(args) * 100:g} %",
+    }
     grids = [t for t in ("segmentation", "detection") if t in args.localised]
     text = ["", "Localised tasks."]
     if grids:
@@ -252,8 +259,9 @@ def localised_table(results: list[dict], names: list[str], args) -> list[str]:
             f"{' and '.join(g.capitalize() if i == 0 else g for i, g in enumerate(grids))}: the demo grid's protocol "
             "and settings (bundle/downstream/ablation_localised.py; "
             + ", ".join(f"demo_{g}.md" for g in grids)
-            + f"), encoder frozen, {fraction} of the training labels, one head per pretraining seed (head seed = "
-            "pretraining seed), test split."
+            + "), encoder frozen, "
+            + " / ".join(f"{g} {fractions[g]}" for g in grids)
+            + " of the training labels, one head per pretraining seed (head seed = pretraining seed), test split."
         )
     if "grounding" in args.localised:
         text.append(
@@ -355,7 +363,7 @@ def write_report(results: list[dict], args, seconds: float) -> None:
         ("local_top1", "local report top-1"),
     ]
     panels += [
-        (key, f"{title} ({args.localised_fraction * 100:g}%)" if key.startswith(("seg", "det")) else title)
+        (key, f"{title} ({panel_fraction(key, args) * 100:g}%)" if key.startswith(("seg", "det")) else title)
         for key, title in (
             ("seg_pooled_dice", "seg pooled Dice"),
             ("det_mAP_40_75", "det mAP 0.40:0.75"),
@@ -416,6 +424,12 @@ def main(argv=None) -> int:
         help="localised columns, computed after every classification / retrieval cell (none: leave them out)",
     )
     p.add_argument("--localised_fraction", type=float, default=0.1, help="label fraction of segmentation / detection")
+    p.add_argument(
+        "--detection_fraction",
+        type=float,
+        default=None,
+        help="label fraction of detection when it differs (default: --localised_fraction)",
+    )
     p.add_argument(
         "--localised_variants", nargs="*", default=None, choices=list(VARIANTS), help="default: every variant"
     )
@@ -488,7 +502,7 @@ def main(argv=None) -> int:
         r
         for r in results
         if (args.localised_variants is None or r["variant"] in args.localised_variants)
-        and ablation_localised.missing_tasks(r, args.localised)
+        and ablation_localised.missing_tasks(r, args.localised, args)
     ]
     for done, row in enumerate(todo, 1):
         cell_start = time.perf_counter()

@@ -99,3 +99,18 @@ def test_localised_table_counts_the_cells_that_have_the_columns(ablate):
     assert missing_tasks(results[0], ["segmentation", "detection"]) == ["detection"]
     assert missing_tasks(results[2], ["segmentation"]) == ["segmentation"]
     assert ablate.localised_table(results[2:], ["f_full"], args) == []
+
+
+def test_a_cached_column_at_another_label_fraction_is_recomputed(ablate):
+    from bundle.downstream.ablation_localised import missing_tasks
+
+    args = SimpleNamespace(localised=["segmentation", "detection"], localised_fraction=0.1, detection_fraction=1.0)
+    det = {"det_mAP_40_75": 0.03, "det_mAP_50": 0.05}
+    seg = {"seg_mgca_dice": 0.8, "seg_pooled_dice": 0.6}
+    legacy = {"variant": "b_global", "seed": 0, **seg, **det}  # cached before fractions were stored: 10 %
+    assert missing_tasks(legacy, args.localised, args) == ["detection"]
+    current = dict(legacy, seg_fraction=0.1, det_fraction=1.0)
+    assert missing_tasks(current, args.localised, args) == []
+    assert missing_tasks(dict(current, seg_fraction=0.01), args.localised, args) == ["segmentation"]
+    lines = " ".join(ablate.localised_table([current], ["b_global"], args))
+    assert "segmentation 10 % / detection 100 % of the training labels" in lines

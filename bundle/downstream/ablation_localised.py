@@ -50,8 +50,28 @@ COLUMNS = {
 }
 
 
-def missing_tasks(row: dict, tasks) -> list[str]:
-    return [t for t in tasks if any(key not in row for key in COLUMNS[t])]
+def detection_fraction(args) -> float:
+    """Detection's label fraction: its own option when given (on the demo, 10 % detection cells are noise: the
+    grid's spread equals its mean there), else the shared one."""
+    return getattr(args, "detection_fraction", None) or args.localised_fraction
+
+
+# cells cached before the fraction was stored were all computed at 10 %
+FRACTION_KEYS = {"segmentation": "seg_fraction", "detection": "det_fraction"}
+LEGACY_FRACTION = 0.1
+
+
+def missing_tasks(row: dict, tasks, args=None) -> list[str]:
+    """Tasks whose columns are absent, or (given args) were computed at another label fraction than asked."""
+    wanted = {}
+    if args is not None:
+        wanted = {"segmentation": args.localised_fraction, "detection": detection_fraction(args)}
+    return [
+        t
+        for t in tasks
+        if any(key not in row for key in COLUMNS[t])
+        or (t in wanted and row.get(FRACTION_KEYS[t], LEGACY_FRACTION) != wanted[t])
+    ]
 
 
 def _common(args, settings: dict, spec: str, fraction: float, seed: int, work_dir: Path) -> list[str]:
@@ -88,14 +108,20 @@ def segmentation_column(source, weights, label, seed, fraction, settings, args) 
     )
     grid_args = segmentation_transfer.build_parser().parse_args(argv)
     row = segmentation_transfer.run_cell(grid_args, label, source, weights, fraction, seed)
-    return {key: row[src] for key, (src, _) in COLUMNS["segmentation"].items()} | {"seg_seconds": row["seconds"]}
+    return {key: row[src] for key, (src, _) in COLUMNS["segmentation"].items()} | {
+        "seg_seconds": row["seconds"],
+        "seg_fraction": fraction,
+    }
 
 
 def detection_column(source, weights, label, seed, fraction, settings, args) -> dict:
     work_dir = Path(args.work_dir) / label / "detection"
     argv = DETECTION_DEMO_ARGS + _common(args, settings, encoder_spec(label, source, weights), fraction, seed, work_dir)
     row = detection_grid.run_cell(detection_grid.parse_args(argv), label, source, weights, fraction, seed)
-    return {key: row[src] for key, (src, _) in COLUMNS["detection"].items()} | {"det_seconds": row["seconds"]}
+    return {key: row[src] for key, (src, _) in COLUMNS["detection"].items()} | {
+        "det_seconds": row["seconds"],
+        "det_fraction": fraction,
+    }
 
 
 def grounding_column(checkpoint: Path | None, configs: list[str], label: str, seed: int, args) -> dict:
@@ -115,12 +141,12 @@ def localised_columns(row: dict, run_dir: Path | None, configs: list[str], setti
     label = f"{name}_seed{seed}"
     source, weights = ("random", None) if run_dir is None else ("cmcgns", str(run_dir / "models" / "image_encoder.pt"))
     out = {}
-    for task in missing_tasks(row, args.localised):
+    for task in missing_tasks(row, args.localised, args):
         logger.info("%s: %s column", label, task)
         if task == "segmentation":
             out.update(segmentation_column(source, weights, label, seed, args.localised_fraction, settings, args))
         elif task == "detection":
-            out.update(detection_column(source, weights, label, seed, args.localised_fraction, settings, args))
+            out.update(detection_column(source, weights, label, seed, detection_fraction(args), settings, args))
         else:
             checkpoint = None if run_dir is None else run_dir / "models" / "model.pt"
             out.update(grounding_column(checkpoint, configs, label, seed, args))
