@@ -55,6 +55,9 @@ class CMCGNS(nn.Module):
         image_pretrained_weights: local torchvision-format ResNet state dict (ImageNet), or None.
         vit_patch_size, vit_hidden_size, vit_mlp_dim, vit_num_layers, vit_num_heads: ViT size (ViT-B/16 default).
         freeze_text_layers: freeze the text embeddings and the first n layers (0 = train all).
+        cache_text_features: with every text layer frozen, compute each report's token features once, in eval
+            mode, and reuse them (a speed switch: the features are those of the frozen model without dropout;
+            bundle/networks/text_feature_cache.py). text_cache_max_rows bounds the cache (None: no bound).
         embed_dim: D, the joint embedding width.
         pool_num_heads: heads of the image and sentence attention pools.
     Args (global loss, 4.1):
@@ -88,6 +91,8 @@ class CMCGNS(nn.Module):
         vit_num_layers: int = 12,
         vit_num_heads: int = 12,
         freeze_text_layers: int = 0,
+        cache_text_features: bool = False,
+        text_cache_max_rows: int | None = None,
         embed_dim: int = 768,
         pool_num_heads: int = 8,
         temperature_init: float = 0.1,
@@ -147,7 +152,12 @@ class CMCGNS(nn.Module):
             vit_num_heads=vit_num_heads,
         )
         self.encoder_kind = "resnet" if image_encoder in RESNETS else "vit"
-        self.text_encoder = TextEncoder(text_model_dir, freeze_layers=freeze_text_layers)
+        self.text_encoder = TextEncoder(
+            text_model_dir,
+            freeze_layers=freeze_text_layers,
+            cache_features=cache_text_features,
+            cache_max_rows=text_cache_max_rows,
+        )
         width = self.image_encoder.feature_dim
         self.local_image_projection = _projection(width, embed_dim)
         self.global_image_projection = _projection(width, embed_dim)
