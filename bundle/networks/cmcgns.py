@@ -30,11 +30,24 @@ from bundle.networks.reconstruction_decoder import (
     ViTReconstructionDecoder,
     mask_image_tokens,
 )
-from bundle.networks.sentence_features import sentence_layout, sentence_means, sentence_tokens, valid_rows
+from bundle.networks.sentence_features import (
+    sentence_keys,
+    sentence_layout,
+    sentence_means,
+    sentence_tokens,
+    valid_rows,
+)
 from bundle.networks.text_encoder import TextEncoder
 
 # Diagnostics the report loss computes on its own C (bundle/losses/diagnostics.py has the rest).
-REPORT_DIAGNOSTICS = ("local_top1", "local_chance_top1", "assignment_entropy", "fn_mask_density", "hard_negative_cos")
+REPORT_DIAGNOSTICS = (
+    "local_top1",
+    "local_chance_top1",
+    "assignment_entropy",
+    "fn_mask_density",
+    "hard_negative_cos",
+    "duplicate_negative_density",
+)
 
 
 def _projection(in_dim: int, out_dim: int) -> nn.Linear:
@@ -67,6 +80,8 @@ class CMCGNS(nn.Module):
         centroid_update ("mean" | "sum"), centroid_init ("faiss" | "greedy"), kmeans_bank_batches,
         kmeans_iterations, kmeans_seed, sync_centroids, hard_negative_mode ("multiplicative" | "additive"),
         hard_negative_weight, hard_negative_bias, bml_alpha, bml_beta, bml_weight, bml_reduction ("masked" | "all").
+        report_duplicate_negatives: "keep" (published) | "drop": the same sentence in another report is no negative
+            of the report loss (ClusterGuidedReportLoss.duplicate_negatives).
     Args (CM-MIR, 4.5): recon_mask_mode ("positions" | "official"), recon_mask_ratio, recon_scale (10),
         recon_out_channels, decoder_channels, decoder_relu_before_output, vit_decoder_num_heads,
         vit_decoder_num_layers, vit_decoder_ff_dim, vit_decoder_dropout, vit_decoder_share_layer_weights,
@@ -116,6 +131,7 @@ class CMCGNS(nn.Module):
         bml_beta: float = 0.5,
         bml_weight: float = 1e-4,
         bml_reduction: str = "masked",
+        report_duplicate_negatives: str = "keep",
         recon_mask_mode: str = "positions",
         recon_mask_ratio: float = 0.5,
         recon_scale: float = 10.0,
@@ -191,6 +207,7 @@ class CMCGNS(nn.Module):
             bml_beta=bml_beta,
             bml_weight=bml_weight,
             bml_reduction=bml_reduction,
+            duplicate_negatives=report_duplicate_negatives,
         )
         grid = self.image_encoder.grid_size
         if self.encoder_kind == "resnet":
@@ -267,7 +284,9 @@ class CMCGNS(nn.Module):
         if sentence_index is None:
             raise ValueError("sentence_index is required (see bundle/data/tokenization.py)")
         local, global_, tokens = self.encode(image, input_ids, attention_mask, token_type_ids)
-        return self.losses_from_features(image, local, global_, tokens, sentence_index, return_attention)
+        return self.losses_from_features(
+            image, local, global_, tokens, sentence_index, return_attention, input_ids=input_ids
+        )
 
     def losses_from_features(
         self,
@@ -277,8 +296,10 @@ class CMCGNS(nn.Module):
         token_features: torch.Tensor,
         sentence_index: torch.Tensor,
         return_attention: bool = False,
+        input_ids: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Everything after the encoders (projections, sentence features, attention, all losses)."""
+        """Everything after the encoders (projections, sentence features, attention, all losses); input_ids are
+        needed only for report_duplicate_negatives "drop" (the sentence keys)."""
         image_tokens, image_global, sentences, layout, report_global = self._project(
             local_features, global_feature, token_features, sentence_index
         )
@@ -286,7 +307,14 @@ class CMCGNS(nn.Module):
 
         attention = self.cross_attention(image_tokens, sentences, valid)
         loss_img = self.image_loss(image_tokens, attention.text_to_image)
-        report = self.report_loss(valid_rows(sentences, layout), valid_rows(attention.image_to_text, layout))
+        keys = None
+        if self.report_loss.duplicate_negatives == "drop":
+            if input_ids is None:
+                raise ValueError('report_duplicate_negatives "drop" needs input_ids (the sentence keys)')
+            keys = sentence_keys(input_ids, layout)
+        report = self.report_loss(
+            valid_rows(sentences, layout), valid_rows(attention.image_to_text, layout), sentence_keys=keys
+        )
         global_ = self.global_loss(image_global, report_global)
 
         zero = image_tokens.new_zeros(())
