@@ -10,6 +10,7 @@ Variants (each adds one component to the one before; method.md 4):
   f full       + CM-MIR (stage 2) = full CM-CGNS, fixed mode
   g official   full CM-CGNS with configs/official.yaml (the published code's numerics)
   h dedup      f with report_duplicate_negatives drop: the same sentence in another report is no negative
+  i softmax    f with cross_attention_normalisation softmax (A1 sums to 1 over the image's tokens)
 b-e run stage 1 only for stage1_epochs + stage2_epochs epochs, so every variant sees the same number of steps.
 
 Per variant and pretraining seed: demo pretraining through `python -m monai.bundle run` (pretrain.yaml +
@@ -80,6 +81,12 @@ VARIANTS = {
         "full fixed, the same sentence of another report no negative",
         [],
         ["--network_def#report_duplicate_negatives", "drop"],
+    ),
+    # the polarity hypothesis of docs/method_notes.md ("Grounding"): sentence-to-region weights that compete
+    "i_softmax": (
+        "full fixed, softmax cross-modal attention",
+        [],
+        ["--network_def#cross_attention_normalisation", "softmax"],
     ),
 }
 

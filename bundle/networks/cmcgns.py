@@ -89,7 +89,8 @@ class CMCGNS(nn.Module):
     Args (4.6): weight_img, weight_report, weight_global, weight_recon; stage (1 or 2).
     Args (against collapse, docs/method_notes.md): predictor_norm ("none" | "batchnorm", the SimSiam predictor of 4.3);
         cross_attention_logit_scale (None = the published 1/sqrt(D); a number, or "sqrt_embed_dim" = sqrt(D), the
-        initial learnable scale of the 4.2 attention logits), learn_cross_attention_scale.
+        initial learnable scale of the 4.2 attention logits), learn_cross_attention_scale,
+        cross_attention_normalisation ("sigmoid" published | "softmax": A1 / A2 sum to 1 over tokens / sentences).
     compute_diagnostics: add the collapse and alignment diagnostics (bundle/losses/diagnostics.py) to the output.
     """
 
@@ -151,6 +152,7 @@ class CMCGNS(nn.Module):
         predictor_norm: str = "batchnorm",
         cross_attention_logit_scale: float | str | None = "sqrt_embed_dim",
         learn_cross_attention_scale: bool = True,
+        cross_attention_normalisation: str = "sigmoid",
         compute_diagnostics: bool = True,
         stage: int = 1,
     ):
@@ -182,7 +184,10 @@ class CMCGNS(nn.Module):
         if cross_attention_logit_scale == "sqrt_embed_dim":
             cross_attention_logit_scale = embed_dim**0.5  # the usual scaling for inputs of unit-variance entries
         self.cross_attention = SigmoidCrossModalAttention(
-            embed_dim, logit_scale=cross_attention_logit_scale, learn_logit_scale=learn_cross_attention_scale
+            embed_dim,
+            logit_scale=cross_attention_logit_scale,
+            learn_logit_scale=learn_cross_attention_scale,
+            normalisation=cross_attention_normalisation,
         )
         self.global_loss = GlobalContrastiveLoss(temperature_init, max_logit_scale)
         self.image_loss = LocalImageSimSiamLoss(embed_dim, predictor_norm=predictor_norm)
