@@ -66,7 +66,8 @@ def workflow(configs: list[str], overrides: dict) -> ConfigWorkflow:
 
 
 def evaluate(label: str, checkpoint: Path | None, extra_configs: list[str], seed: int, args) -> dict:
-    out_dir = Path(args.work_dir) / label
+    split = getattr(args, "split", "test")
+    out_dir = Path(args.work_dir) / (label if split == "test" else f"{label}_{split}")
     done = out_dir / "summary.json"
     if done.is_file() and not args.recompute:
         logger.info("%s: reusing %s", label, done)
@@ -78,7 +79,7 @@ def evaluate(label: str, checkpoint: Path | None, extra_configs: list[str], seed
         "num_workers": 0,
         "seed": seed,
         "eval_dir": str(out_dir),
-        "evaluate_split": "test",
+        "evaluate_split": split,
     }
     if checkpoint is None:  # random initialisation: the seeded network as its own checkpoint
         checkpoint = out_dir / "random_init.pt"
@@ -114,14 +115,22 @@ def mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
+def report_stem(split: str) -> str:
+    """The results file: the test split's is the published one; validation's (for choosing settings) beside it."""
+    return "demo_zero_shot_grounding" + ("" if split == "test" else f"_{split}")
+
+
 def write_report(groups: dict[str, list[dict]], descriptions: dict[str, str], args, seconds: float) -> None:
     results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
+    split = getattr(args, "split", "test")
+    stem = report_stem(split)
     first = next(r for rows in groups.values() for r in rows)
     lines = [
         "# Demo: zero-shot classification, whole-split retrieval and sentence grounding",
         "",
-        "Test split of the demo (393 image-report pairs; 121 images with 171 grounding cases: a report sentence naming",
+        f"{split.capitalize()} split of the demo ({first['pairs']} image-report pairs; {first['grounding_cases']} "
+        "grounding cases: a report sentence naming",
         "a drawn mask finding, region = that finding's label-map pixels). Mean ± sd over pretraining seeds where a",
         "variant has several (n in the table). Zero-shot: cosine of each image to the class prompts of",
         "configs/prompts/demo.yaml (3 prompts per class, ensembled), macro AUROC over the 15 classes and top-1",
@@ -152,8 +161,8 @@ def write_report(groups: dict[str, list[dict]], descriptions: dict[str, str], ar
         "",
         "Examples (make-demo model): docs/results/demo_grounding_examples.png. Reading: docs/method_notes.md.",
     ]
-    (results / "demo_zero_shot_grounding.md").write_text("\n".join(lines) + "\n")
-    (results / "demo_zero_shot_grounding.json").write_text(json.dumps(groups, indent=2, sort_keys=True) + "\n")
+    (results / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    (results / f"{stem}.json").write_text(json.dumps(groups, indent=2, sort_keys=True) + "\n")
 
 
 def main(argv=None) -> int:
@@ -166,6 +175,12 @@ def main(argv=None) -> int:
     p.add_argument("--work_dir", default=str(ROOT / "runs" / "joint_space"))
     p.add_argument("--results_dir", default=str(ROOT / "docs" / "results"))
     p.add_argument("--recompute", action="store_true")
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=("test", "validation"),
+        help="validation: for choosing settings (its results go to WORK_DIR/<label>_validation/)",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not (Path(args.dataset_dir) / "manifests" / "grounding.json").is_file():
@@ -193,9 +208,9 @@ def main(argv=None) -> int:
                 descriptions[name] = f"{name}: {description}"
     write_report(groups, descriptions, args, time.perf_counter() - start)
     demo_png = Path(args.work_dir) / "demo" / "grounding_test.png"
-    if demo_png.is_file():
+    if demo_png.is_file() and args.split == "test":
         shutil.copy(demo_png, Path(args.results_dir) / "demo_grounding_examples.png")
-    print((Path(args.results_dir) / "demo_zero_shot_grounding.md").read_text())
+    print((Path(args.results_dir) / f"{report_stem(args.split)}.md").read_text())
     return 0
 
 

@@ -82,3 +82,31 @@ def test_kmeans_start_step_keeps_the_gate_closed_until_then():
         assert not loss.state.is_initialized, step
     loss(z, z)
     assert loss.state.is_initialized
+
+
+def test_softmax_cross_attention_against_a_per_report_loop():
+    # cross_attention_normalisation "softmax": A1 sums to 1 over each image's tokens for every valid sentence, A2
+    # over each report's VALID sentences for every token; padded sentences weigh nothing in either direction
+    torch.manual_seed(0)
+    b, p, s, d = 3, 4, 3, 8
+    attention = SigmoidCrossModalAttention(d, logit_scale=2.0, normalisation="softmax")
+    tokens = torch.nn.functional.normalize(torch.randn(b, p, d), dim=-1)
+    sentences = torch.nn.functional.normalize(torch.randn(b, s, d), dim=-1)
+    valid = torch.tensor([[True, True, True], [True, False, False], [True, True, False]])
+    sentences = sentences * valid.unsqueeze(-1)
+    out = attention(tokens, sentences, valid)
+    scale = 2.0
+    for i in range(b):
+        n = int(valid[i].sum())
+        q_t, k_i = attention.q_text(sentences[i, :n]), attention.k_image(tokens[i])
+        a1 = torch.softmax(q_t @ k_i.t() * scale, dim=-1)  # [n, P]
+        q_i, k_t = attention.q_image(tokens[i]), attention.k_text(sentences[i, :n])
+        a2 = torch.softmax(q_i @ k_t.t() * scale, dim=-1)  # [P, n]
+        torch.testing.assert_close(out.attn_image_to_text[i, :n], a1)
+        torch.testing.assert_close(out.attn_text_to_image[i, :, :n], a2)
+        torch.testing.assert_close(out.image_to_text[i, :n], a1 @ attention.v_image(tokens[i]))
+        torch.testing.assert_close(out.text_to_image[i], a2 @ attention.v_text(sentences[i, :n]))
+        assert torch.count_nonzero(out.attn_image_to_text[i, n:]) == 0
+        assert torch.count_nonzero(out.attn_text_to_image[i, :, n:]) == 0
+    with pytest.raises(ValueError, match="normalisation must be one of"):
+        SigmoidCrossModalAttention(d, normalisation="relu")

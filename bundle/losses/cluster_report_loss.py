@@ -19,6 +19,7 @@ from bundle.losses.distributed import all_reduce_sum_, distributed_ready
 
 HARD_NEGATIVE_MODES = ("multiplicative", "additive")
 BML_REDUCTIONS = ("masked", "all")
+DUPLICATE_NEGATIVES = ("keep", "drop")
 GATE_SCALES = ("cosine", "logits")
 
 
@@ -90,6 +91,9 @@ class ClusterGuidedReportLoss(nn.Module):
             the features of an untrained network (docs/method_notes.md).
         hard_negative_mode, hard_negative_weight, hard_negative_bias: see `hard_negative_logits`.
         bml_alpha, bml_beta, bml_weight, bml_reduction: see `boundary_margin_loss`.
+        duplicate_negatives: "keep" (published): the same sentence in another report of the batch ("the lungs are
+            clear.") is a negative like any other; "drop": it leaves the InfoNCE denominator (a known false
+            negative; needs the sentence keys, bundle/networks/sentence_features.sentence_keys).
         centroid_lr, centroid_update, centroid_init, bank_batches, kmeans_iterations, kmeans_seed, sync_centroids:
             passed to `KMeansClusterState`.
     """
@@ -116,8 +120,12 @@ class ClusterGuidedReportLoss(nn.Module):
         bml_beta: float = 0.5,
         bml_weight: float = 1e-4,
         bml_reduction: str = "masked",
+        duplicate_negatives: str = "keep",
     ):
         super().__init__()
+        if duplicate_negatives not in DUPLICATE_NEGATIVES:
+            raise ValueError(f"duplicate_negatives must be one of {DUPLICATE_NEGATIVES}, got {duplicate_negatives!r}")
+        self.duplicate_negatives = duplicate_negatives
         if hard_negative_mode not in HARD_NEGATIVE_MODES:
             raise ValueError(f"hard_negative_mode must be one of {HARD_NEGATIVE_MODES}, got {hard_negative_mode!r}")
         if bml_reduction not in BML_REDUCTIONS:
@@ -151,8 +159,11 @@ class ClusterGuidedReportLoss(nn.Module):
             all_reduce_sum_(total)
         return float(total[0] / total[1])
 
-    def forward(self, sentence_embed: torch.Tensor, image_to_text: torch.Tensor) -> dict[str, torch.Tensor]:
-        """sentence_embed, image_to_text: [N, D], row i of both belongs to the same sentence."""
+    def forward(
+        self, sentence_embed: torch.Tensor, image_to_text: torch.Tensor, sentence_keys: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """sentence_embed, image_to_text: [N, D], row i of both belongs to the same sentence; sentence_keys [N]
+        (equal for the same sentence text) is needed with duplicate_negatives "drop"."""
         z1 = F.normalize(sentence_embed.float(), dim=-1)
         z2 = F.normalize(image_to_text.float(), dim=-1)
         c = z1 @ z2.t() / self.temperature
@@ -175,6 +186,14 @@ class ClusterGuidedReportLoss(nn.Module):
             state.step += 1
 
         logits = c
+        duplicates = zero
+        if self.duplicate_negatives == "drop":
+            if sentence_keys is None:
+                raise ValueError('duplicate_negatives "drop" needs sentence_keys')
+            same = sentence_keys.unsqueeze(0) == sentence_keys.unsqueeze(1)
+            same.fill_diagonal_(False)
+            logits = c.masked_fill(same, float("-inf"))
+            duplicates = same.sum() / max(c.shape[0] * (c.shape[0] - 1), 1)
         if use_hard:
             z3 = state.second_nearest_centroids(z1)
             mask = state.same_cluster_mask(z1)
@@ -183,7 +202,7 @@ class ClusterGuidedReportLoss(nn.Module):
             density = mask.sum() / max(n * (n - 1), 1)
             hard_cos = F.cosine_similarity(z1.detach(), z3, dim=-1).mean()
             logits = hard_negative_logits(
-                c,
+                logits,
                 z1,
                 z3,
                 self.hard_negative_mode,
@@ -205,4 +224,5 @@ class ClusterGuidedReportLoss(nn.Module):
             "assignment_entropy": entropy,
             "fn_mask_density": density,
             "hard_negative_cos": hard_cos,
+            "duplicate_negative_density": duplicates,
         }

@@ -47,6 +47,7 @@ DIAGNOSTIC_KEYS = (
     "assignment_entropy",
     "fn_mask_density",
     "hard_negative_cos",
+    "duplicate_negative_density",
 )
 
 

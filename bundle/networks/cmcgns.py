@@ -30,11 +30,24 @@ from bundle.networks.reconstruction_decoder import (
     ViTReconstructionDecoder,
     mask_image_tokens,
 )
-from bundle.networks.sentence_features import sentence_layout, sentence_means, sentence_tokens, valid_rows
+from bundle.networks.sentence_features import (
+    sentence_keys,
+    sentence_layout,
+    sentence_means,
+    sentence_tokens,
+    valid_rows,
+)
 from bundle.networks.text_encoder import TextEncoder
 
 # Diagnostics the report loss computes on its own C (bundle/losses/diagnostics.py has the rest).
-REPORT_DIAGNOSTICS = ("local_top1", "local_chance_top1", "assignment_entropy", "fn_mask_density", "hard_negative_cos")
+REPORT_DIAGNOSTICS = (
+    "local_top1",
+    "local_chance_top1",
+    "assignment_entropy",
+    "fn_mask_density",
+    "hard_negative_cos",
+    "duplicate_negative_density",
+)
 
 
 def _projection(in_dim: int, out_dim: int) -> nn.Linear:
@@ -55,6 +68,9 @@ class CMCGNS(nn.Module):
         image_pretrained_weights: local torchvision-format ResNet state dict (ImageNet), or None.
         vit_patch_size, vit_hidden_size, vit_mlp_dim, vit_num_layers, vit_num_heads: ViT size (ViT-B/16 default).
         freeze_text_layers: freeze the text embeddings and the first n layers (0 = train all).
+        cache_text_features: with every text layer frozen, compute each report's token features once, in eval
+            mode, and reuse them (a speed switch: the features are those of the frozen model without dropout;
+            bundle/networks/text_feature_cache.py). text_cache_max_rows bounds the cache (None: no bound).
         embed_dim: D, the joint embedding width.
         pool_num_heads: heads of the image and sentence attention pools.
     Args (global loss, 4.1):
@@ -64,6 +80,8 @@ class CMCGNS(nn.Module):
         centroid_update ("mean" | "sum"), centroid_init ("faiss" | "greedy"), kmeans_bank_batches,
         kmeans_iterations, kmeans_seed, sync_centroids, hard_negative_mode ("multiplicative" | "additive"),
         hard_negative_weight, hard_negative_bias, bml_alpha, bml_beta, bml_weight, bml_reduction ("masked" | "all").
+        report_duplicate_negatives: "keep" (published) | "drop": the same sentence in another report is no negative
+            of the report loss (ClusterGuidedReportLoss.duplicate_negatives).
     Args (CM-MIR, 4.5): recon_mask_mode ("positions" | "official"), recon_mask_ratio, recon_scale (10),
         recon_out_channels, decoder_channels, decoder_relu_before_output, vit_decoder_num_heads,
         vit_decoder_num_layers, vit_decoder_ff_dim, vit_decoder_dropout, vit_decoder_share_layer_weights,
@@ -71,7 +89,8 @@ class CMCGNS(nn.Module):
     Args (4.6): weight_img, weight_report, weight_global, weight_recon; stage (1 or 2).
     Args (against collapse, docs/method_notes.md): predictor_norm ("none" | "batchnorm", the SimSiam predictor of 4.3);
         cross_attention_logit_scale (None = the published 1/sqrt(D); a number, or "sqrt_embed_dim" = sqrt(D), the
-        initial learnable scale of the 4.2 attention logits), learn_cross_attention_scale.
+        initial learnable scale of the 4.2 attention logits), learn_cross_attention_scale,
+        cross_attention_normalisation ("sigmoid" published | "softmax": A1 / A2 sum to 1 over tokens / sentences).
     compute_diagnostics: add the collapse and alignment diagnostics (bundle/losses/diagnostics.py) to the output.
     """
 
@@ -88,6 +107,8 @@ class CMCGNS(nn.Module):
         vit_num_layers: int = 12,
         vit_num_heads: int = 12,
         freeze_text_layers: int = 0,
+        cache_text_features: bool = False,
+        text_cache_max_rows: int | None = None,
         embed_dim: int = 768,
         pool_num_heads: int = 8,
         temperature_init: float = 0.1,
@@ -111,6 +132,7 @@ class CMCGNS(nn.Module):
         bml_beta: float = 0.5,
         bml_weight: float = 1e-4,
         bml_reduction: str = "masked",
+        report_duplicate_negatives: str = "keep",
         recon_mask_mode: str = "positions",
         recon_mask_ratio: float = 0.5,
         recon_scale: float = 10.0,
@@ -130,6 +152,7 @@ class CMCGNS(nn.Module):
         predictor_norm: str = "batchnorm",
         cross_attention_logit_scale: float | str | None = "sqrt_embed_dim",
         learn_cross_attention_scale: bool = True,
+        cross_attention_normalisation: str = "sigmoid",
         compute_diagnostics: bool = True,
         stage: int = 1,
     ):
@@ -147,7 +170,12 @@ class CMCGNS(nn.Module):
             vit_num_heads=vit_num_heads,
         )
         self.encoder_kind = "resnet" if image_encoder in RESNETS else "vit"
-        self.text_encoder = TextEncoder(text_model_dir, freeze_layers=freeze_text_layers)
+        self.text_encoder = TextEncoder(
+            text_model_dir,
+            freeze_layers=freeze_text_layers,
+            cache_features=cache_text_features,
+            cache_max_rows=text_cache_max_rows,
+        )
         width = self.image_encoder.feature_dim
         self.local_image_projection = _projection(width, embed_dim)
         self.global_image_projection = _projection(width, embed_dim)
@@ -156,7 +184,10 @@ class CMCGNS(nn.Module):
         if cross_attention_logit_scale == "sqrt_embed_dim":
             cross_attention_logit_scale = embed_dim**0.5  # the usual scaling for inputs of unit-variance entries
         self.cross_attention = SigmoidCrossModalAttention(
-            embed_dim, logit_scale=cross_attention_logit_scale, learn_logit_scale=learn_cross_attention_scale
+            embed_dim,
+            logit_scale=cross_attention_logit_scale,
+            learn_logit_scale=learn_cross_attention_scale,
+            normalisation=cross_attention_normalisation,
         )
         self.global_loss = GlobalContrastiveLoss(temperature_init, max_logit_scale)
         self.image_loss = LocalImageSimSiamLoss(embed_dim, predictor_norm=predictor_norm)
@@ -181,6 +212,7 @@ class CMCGNS(nn.Module):
             bml_beta=bml_beta,
             bml_weight=bml_weight,
             bml_reduction=bml_reduction,
+            duplicate_negatives=report_duplicate_negatives,
         )
         grid = self.image_encoder.grid_size
         if self.encoder_kind == "resnet":
@@ -257,7 +289,9 @@ class CMCGNS(nn.Module):
         if sentence_index is None:
             raise ValueError("sentence_index is required (see bundle/data/tokenization.py)")
         local, global_, tokens = self.encode(image, input_ids, attention_mask, token_type_ids)
-        return self.losses_from_features(image, local, global_, tokens, sentence_index, return_attention)
+        return self.losses_from_features(
+            image, local, global_, tokens, sentence_index, return_attention, input_ids=input_ids
+        )
 
     def losses_from_features(
         self,
@@ -267,8 +301,10 @@ class CMCGNS(nn.Module):
         token_features: torch.Tensor,
         sentence_index: torch.Tensor,
         return_attention: bool = False,
+        input_ids: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Everything after the encoders (projections, sentence features, attention, all losses)."""
+        """Everything after the encoders (projections, sentence features, attention, all losses); input_ids are
+        needed only for report_duplicate_negatives "drop" (the sentence keys)."""
         image_tokens, image_global, sentences, layout, report_global = self._project(
             local_features, global_feature, token_features, sentence_index
         )
@@ -276,7 +312,14 @@ class CMCGNS(nn.Module):
 
         attention = self.cross_attention(image_tokens, sentences, valid)
         loss_img = self.image_loss(image_tokens, attention.text_to_image)
-        report = self.report_loss(valid_rows(sentences, layout), valid_rows(attention.image_to_text, layout))
+        keys = None
+        if self.report_loss.duplicate_negatives == "drop":
+            if input_ids is None:
+                raise ValueError('report_duplicate_negatives "drop" needs input_ids (the sentence keys)')
+            keys = sentence_keys(input_ids, layout)
+        report = self.report_loss(
+            valid_rows(sentences, layout), valid_rows(attention.image_to_text, layout), sentence_keys=keys
+        )
         global_ = self.global_loss(image_global, report_global)
 
         zero = image_tokens.new_zeros(())

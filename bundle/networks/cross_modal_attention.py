@@ -22,6 +22,9 @@ class CrossModalOutput(NamedTuple):
     attn_text_to_image: torch.Tensor  # A2 [B, P, S] (zero columns for padding)
 
 
+NORMALISATIONS = ("sigmoid", "softmax")
+
+
 class SigmoidCrossModalAttention(nn.Module):
     """Args:
     embed_dim: D.
@@ -31,6 +34,11 @@ class SigmoidCrossModalAttention(nn.Module):
         sigmoid weight sits at 0.5: each sentence attends to every region alike and the local losses see no
         structure (docs/method_notes.md).
     learn_logit_scale: train that scale (True) or keep it fixed at `logit_scale` (False).
+    normalisation: "sigmoid" (published): every weight on its own in (0, 1). "softmax": each sentence's weights
+        over its image's tokens (A1) and each token's weights over its report's valid sentences (A2) sum to 1.
+        Why it exists: an unnormalised gate carries the same information when it attends to the region a
+        sentence names or to everything else, and on the demo the pretraining seed decided which (docs/
+        method_notes.md, "Grounding"); a softmax makes the weights compete for the named region.
     """
 
     def __init__(
@@ -39,8 +47,12 @@ class SigmoidCrossModalAttention(nn.Module):
         logit_scale: float | None = None,
         learn_logit_scale: bool = True,
         max_logit_scale: float = 100.0,
+        normalisation: str = "sigmoid",
     ):
         super().__init__()
+        if normalisation not in NORMALISATIONS:
+            raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
+        self.normalisation = normalisation
         self.fixed_scale = 1.0 / math.sqrt(embed_dim) if logit_scale is None else None
         self.max_logit_scale = max_logit_scale
         if logit_scale is not None:
@@ -67,8 +79,13 @@ class SigmoidCrossModalAttention(nn.Module):
         """image_tokens [B, P, D], sentences [B, S, D], valid [B, S] bool."""
         keep = valid.to(sentences.dtype)
         scale = self.scale
-        a1 = torch.sigmoid(self.q_text(sentences) @ self.k_image(image_tokens).transpose(1, 2) * scale)
+        logits1 = self.q_text(sentences) @ self.k_image(image_tokens).transpose(1, 2) * scale  # [B, S, P]
+        logits2 = self.q_image(image_tokens) @ self.k_text(sentences).transpose(1, 2) * scale  # [B, P, S]
+        if self.normalisation == "softmax":
+            a1 = torch.softmax(logits1, dim=-1)
+            a2 = torch.softmax(logits2.masked_fill(~valid.unsqueeze(1), float("-inf")), dim=-1)
+        else:
+            a1, a2 = torch.sigmoid(logits1), torch.sigmoid(logits2)
         a1 = a1 * keep.unsqueeze(-1)
-        a2 = torch.sigmoid(self.q_image(image_tokens) @ self.k_text(sentences).transpose(1, 2) * scale)
         a2 = a2 * keep.unsqueeze(1)
         return CrossModalOutput(a1 @ self.v_image(image_tokens), a2 @ self.v_text(sentences), a1, a2)

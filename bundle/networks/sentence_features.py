@@ -79,3 +79,23 @@ def gather_sentences(tokens: torch.Tensor, sentence_index: torch.Tensor) -> tupl
         raise ValueError(f"tokens {tuple(tokens.shape)} and sentence_index {tuple(sentence_index.shape)} disagree")
     layout = sentence_layout(sentence_index)
     return sentence_means(sentence_tokens(tokens, layout), layout)
+
+
+# odd 64-bit constants (splitmix64's): the products wrap around, which is what a hash wants
+_MIX = (-7046029254386353131, -4658895280553007687, -7723592293110705685)
+
+
+def sentence_keys(input_ids: torch.Tensor, layout: SentenceLayout) -> torch.Tensor:
+    """A 64-bit key per valid sentence [N], equal for sentences made of the same token ids in the same order (the
+    same sentence in two reports), different otherwise up to a hash collision (about N^2 / 2^64)."""
+    ids = input_ids.flatten().index_select(0, layout.token_positions).long()
+    order = torch.arange(ids.numel(), device=ids.device)
+    slots = layout.valid.numel()
+    # a sentence's tokens are contiguous: its first token's index gives each token's position inside it
+    first = torch.full((slots,), ids.numel(), dtype=torch.long, device=ids.device)
+    first = first.scatter_reduce(0, layout.token_slot, order, reduce="amin")
+    position = order - first.index_select(0, layout.token_slot)
+    mixed = ids * _MIX[0] + (position + 1) * _MIX[1]
+    mixed = (mixed ^ (mixed >> 31)) * _MIX[2]
+    keys = torch.zeros(slots, dtype=torch.long, device=ids.device).index_add(0, layout.token_slot, mixed)
+    return valid_rows(keys.view(layout.valid.shape), layout)

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bundle.networks.text_feature_cache import TextFeatureCache
+
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
 LAYER_PATHS = ("encoder.layer", "transformer.layer", "layers")
 
@@ -46,9 +48,18 @@ class TextEncoder(nn.Module):
     Args:
         model_dir: local directory with config.json, weights and tokenizer files.
         freeze_layers: 0 trains everything; n > 0 freezes the embeddings and the first n transformer layers.
+        cache_features: with every layer frozen, run the model in eval mode (no dropout) once per distinct report
+            and reuse its features (bundle/networks/text_feature_cache.py); refused unless every layer is frozen.
+        cache_max_rows: at most this many reports cached (None: no limit).
     """
 
-    def __init__(self, model_dir: str | Path, freeze_layers: int = 0):
+    def __init__(
+        self,
+        model_dir: str | Path,
+        freeze_layers: int = 0,
+        cache_features: bool = False,
+        cache_max_rows: int | None = None,
+    ):
         super().__init__()
         from transformers import AutoModel
 
@@ -70,6 +81,15 @@ class TextEncoder(nn.Module):
             for module in frozen:
                 for parameter in module.parameters():
                     parameter.requires_grad_(False)
+        self.feature_cache = None
+        if cache_features:
+            trainable = [n for n, p in self.model.named_parameters() if p.requires_grad]
+            if trainable:
+                raise ValueError(
+                    f"cache_text_features needs a fully frozen text model (freeze_text_layers = its number of "
+                    f"layers); {path} would still train {len(trainable)} tensors, e.g. {trainable[0]}"
+                )
+            self.feature_cache = TextFeatureCache(max_rows=cache_max_rows)
 
     def forward(
         self,
@@ -77,7 +97,31 @@ class TextEncoder(nn.Module):
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        if self.feature_cache is not None:
+            return self._cached_forward(input_ids, attention_mask, token_type_ids)
+        return self._model_forward(input_ids, attention_mask, token_type_ids)
+
+    def _model_forward(self, input_ids, attention_mask, token_type_ids):
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None and self._takes_token_types:
             kwargs["token_type_ids"] = token_type_ids
         return self.model(**kwargs).last_hidden_state
+
+    @torch.no_grad()
+    def _cached_forward(self, input_ids, attention_mask, token_type_ids):
+        types = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+        rows = torch.cat([input_ids, attention_mask, types], dim=1).long()
+        features, hit = self.feature_cache.lookup(rows)
+        missing = (~hit).nonzero().squeeze(1)  # the one host read of a cached step
+        if missing.numel():
+            was_training = self.model.training
+            self.model.eval()  # a frozen model's features do not depend on the step: no dropout
+            try:
+                new = self._model_forward(
+                    input_ids[missing], attention_mask[missing], None if token_type_ids is None else types[missing]
+                )
+            finally:
+                self.model.train(was_training)
+            self.feature_cache.insert(rows[missing], new)
+            features = new if features is None else features.index_copy(0, missing, new.to(features.dtype))
+        return features
