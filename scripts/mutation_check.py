@@ -125,11 +125,11 @@ MUTATIONS = (
     # whole-workflow checks on two gloo ranks (tests/test_pretrain_workflow_two_ranks.py: 2 + 2 epochs, a scripted
     # validation loss whose best epochs are 1 and 3, validation probes)
     Mutation(
-        "stage2-from-stage1-last-config",
-        "pretrain.yaml's stage switch reads stage1_last.pt instead of stage1_best.pt",
+        "stage2-best-path-config",
+        "pretrain.yaml's stage switch looks for stage2_best.pt (absent then: stage 2 starts from the last weights)",
         "configs/pretrain.yaml",
         "    best_checkpoint: $@validate#best_stage1.path\n",
-        "    best_checkpoint: $@ckpt_dir + '/stage1_last.pt'\n",
+        "    best_checkpoint: $@validate#best_stage2.path\n",
         ("tests/test_pretrain_workflow_two_ranks.py",),
     ),
     Mutation(

@@ -25,16 +25,21 @@ def torchrun_bundle(config_files: list, processes: int = 2, timeout: int = 300) 
         "--meta_file", str(ROOT / "metadata.json"),
         "--logging_file", str(ROOT / "configs" / "logging.conf"),
     ]  # fmt: skip
-    # a session of its own: on a timeout (ranks waiting in different collectives hang, they do not fail) the whole
-    # group is killed, torchrun's workers included, instead of leaving them running after the test
+    # on a timeout (ranks waiting in different collectives hang, they do not fail) torchrun gets SIGTERM, which it
+    # passes on to its workers (they run in sessions of their own, out of reach of a group kill); torchrun's own
+    # process group is killed if it has not stopped a minute later
     proc = subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
+        proc.terminate()
+        try:
+            stdout, stderr = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            stdout, stderr = "", "(no output: torchrun did not stop on SIGTERM)"
         raise AssertionError(f"no result after {timeout} s (a hang?):\n" + stdout[-3000:] + stderr[-3000:]) from None
     result = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
