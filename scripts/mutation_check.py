@@ -209,7 +209,8 @@ def run_one(m: Mutation, python: str) -> dict:
         cmd = [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *m.tests]
         result = subprocess.run(cmd, cwd=clone, env=env, capture_output=True, text=True)
         seconds = time.perf_counter() - start
-    failed = re.findall(r"^FAILED (\S+)", result.stdout, flags=re.M)
+    # ERROR: a fixture failed (the two-rank workflow runs once, in a module fixture, for all its tests)
+    failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", result.stdout, flags=re.M)
     return {
         "id": m.id,
         "why": m.why,
