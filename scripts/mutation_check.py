@@ -122,6 +122,72 @@ MUTATIONS = (
         "        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)",
         ("tests/test_engine_performance.py",),
     ),
+    # whole-workflow checks on two gloo ranks (tests/test_pretrain_workflow_two_ranks.py: 2 + 2 epochs, a scripted
+    # validation loss whose best epochs are 1 and 3, validation probes)
+    Mutation(
+        "stage2-best-path-config",
+        "pretrain.yaml's stage switch looks for stage2_best.pt (absent then: stage 2 starts from the last weights)",
+        "configs/pretrain.yaml",
+        "    best_checkpoint: $@validate#best_stage1.path\n",
+        "    best_checkpoint: $@validate#best_stage2.path\n",
+        ("tests/test_pretrain_workflow_two_ranks.py",),
+    ),
+    Mutation(
+        "export-from-last-pt-config",
+        "pretrain.yaml exports from last.pt (the live weights) instead of the final stage's best checkpoint",
+        "configs/pretrain.yaml",
+        "    source_checkpoint: \"$@ckpt_dir + ('/stage2_best.pt' if @stage2_epochs > 0 else '/stage1_best.pt')\"\n",
+        "    source_checkpoint: $@ckpt_dir + '/last.pt'\n",
+        ("tests/test_pretrain_workflow_two_ranks.py",),
+    ),
+    Mutation(
+        "stage-best-saver-not-gated",
+        "each stage's best-checkpoint saver also takes the other stage's validations",
+        "bundle/engines/checkpointing.py",
+        "        if current_stage(self.stage_source) == self.stage:\n            super().metrics_completed(engine)",
+        "        if True:\n            super().metrics_completed(engine)",
+        ("tests/test_pretrain_workflow_two_ranks.py",),
+    ),
+    Mutation(
+        "validation-in-train-mode",
+        "the evaluator runs the network in training mode",
+        "bundle/engines/evaluator.py",
+        '        mode: str = "eval",',
+        '        mode: str = "train",',
+        ("tests/test_pretrain_workflow_two_ranks.py",),
+    ),
+    Mutation(
+        "validation-updates-centroids",
+        "validation batches move the k-means centroids (the momentum update outside training)",
+        "bundle/losses/cluster_report_loss.py",
+        "            counts = state.update(z2) if self.training else state.member_counts(z2)",
+        "            counts = state.update(z2)",
+        ("tests/test_pretrain_workflow_two_ranks.py",),
+    ),
+    Mutation(
+        "validation-advances-kmeans-step",
+        "validation batches advance the k-means step counter (the start step comes early)",
+        "bundle/losses/cluster_report_loss.py",
+        "        if self.training:\n            state.step += 1\n",
+        "        state.step += 1\n",
+        ("tests/test_pretrain_workflow_two_ranks.py",),
+    ),
+    Mutation(
+        "kmeans-start-step-ignored",
+        "the k-means start gate ignores kmeans_start_step (only the cosine decides)",
+        "bundle/losses/cluster_report_loss.py",
+        "gate_open = int(state.step) >= self.start_step and self._gate_value(c) <= self.start_cosine",
+        "gate_open = self._gate_value(c) <= self.start_cosine",
+        ("tests/test_pretrain_workflow_two_ranks.py",),
+    ),
+    Mutation(
+        "broadcast-keeps-host-caches",
+        "ranks that receive the stage-1 best weights keep their host-cached k-means flag (the hang at stage 2)",
+        "bundle/engines/distributed.py",
+        "    if get_rank() != src:\n        module.load_state_dict(state)\n",
+        "",
+        ("tests/test_stage_switch_distributed.py",),
+    ),
 )
 
 
@@ -143,7 +209,8 @@ def run_one(m: Mutation, python: str) -> dict:
         cmd = [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *m.tests]
         result = subprocess.run(cmd, cwd=clone, env=env, capture_output=True, text=True)
         seconds = time.perf_counter() - start
-    failed = re.findall(r"^FAILED (\S+)", result.stdout, flags=re.M)
+    # ERROR: a fixture failed (the two-rank workflow runs once, in a module fixture, for all its tests)
+    failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", result.stdout, flags=re.M)
     return {
         "id": m.id,
         "why": m.why,

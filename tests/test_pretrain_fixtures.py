@@ -132,7 +132,10 @@ def tiny_overrides(dataset_dir: Path, text_model_dir: Path, run_dir: Path) -> di
         "network_def#pool_num_heads": 2,
         "network_def#num_clusters": 4,
         "network_def#kmeans_bank_batches": 1,
-        "network_def#kmeans_start_cosine": 1.0,
+        # the config's gate (mean cosine of z1 and z2 <= 0.4), not 1.0: a cosine is never above 1, so 1.0 kept the gate
+        # open whatever the model computed. The tiny model's mean cosine is about -0.3 to -0.2, so the gate still opens
+        # on the first step here; tests where the start matters add a start step (test_pretrain_workflow_two_ranks.py)
+        "network_def#kmeans_start_cosine": 0.4,
         "network_def#kmeans_start_step": 0,
         "network_def#decoder_channels": [16, 8, 8, 8],
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,22 @@ def torchrun_bundle(config_files: list, processes: int = 2, timeout: int = 300) 
         "--meta_file", str(ROOT / "metadata.json"),
         "--logging_file", str(ROOT / "configs" / "logging.conf"),
     ]  # fmt: skip
-    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    # on a timeout (ranks waiting in different collectives hang, they do not fail) torchrun gets SIGTERM, which it
+    # passes on to its workers (they run in sessions of their own, out of reach of a group kill); torchrun's own
+    # process group is killed if it has not stopped a minute later
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            stdout, stderr = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            stdout, stderr = "", "(no output: torchrun did not stop on SIGTERM)"
+        raise AssertionError(f"no result after {timeout} s (a hang?):\n" + stdout[-3000:] + stderr[-3000:]) from None
+    result = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result

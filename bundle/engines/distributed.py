@@ -92,9 +92,17 @@ def all_reduce_min(value: torch.Tensor) -> torch.Tensor:
 
 
 def broadcast_module_state(module: torch.nn.Module, src: int = 0) -> None:
-    """Copy parameters and buffers of rank `src` into every other rank, in place."""
+    """Copy parameters and buffers of rank `src` into every other rank, in place.
+
+    The other ranks then load what they received with `load_state_dict`, as rank `src` loaded its file: modules
+    that keep a value of their state on the host (the k-means initialised flag, the stage) re-read it there too.
+    Without that, a rank whose k-means state was initialised kept believing so after receiving an uninitialised
+    one, and its next step ran other collectives than rank `src`'s (a hang at the first stage-2 step).
+    """
     if not is_distributed():
         return
-    for tensor in list(module.state_dict(keep_vars=True).values()):
-        data = tensor.data if isinstance(tensor, torch.nn.Parameter) else tensor
-        dist.broadcast(data, src=src)
+    state = module.state_dict()  # detached tensors sharing the parameters' and buffers' storage
+    for tensor in state.values():
+        dist.broadcast(tensor, src=src)
+    if get_rank() != src:
+        module.load_state_dict(state)
