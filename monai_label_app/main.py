@@ -1,9 +1,10 @@
 """A MONAI Label app serving exported CM-CGNS task bundles (scripts/export_bundle.py) from <app>/model/<name>/.
 
-The stock `monaibundle` sample app would do for segmentation and detection; classification needs
-BundleInferTask(add_post_restore=False): MONAI Label's Restored cannot restore a [C] class-score output to the
-image's shape. Runs inside the MONAI Label side environment (make label-env; docs/monai_label.md), never imported
-by the bundle or its tests.
+Differs from the stock `monaibundle` sample app in one place: BundleInferTask(add_post_restore=False). The bundles'
+postprocessing already returns results at the original image size (segmentation: Invertd, then the label x first
+as MONAI Label's writer expects; detection: boxes in original pixels), and MONAI Label's Restored would resize the
+x-first 2D label by the rows-first image shape; it cannot restore classification's [C] scores either.
+Runs inside the MONAI Label side environment (make label-env; docs/monai_label.md); the bundle never imports it.
 """
 
 import logging
@@ -34,7 +35,7 @@ class MyApp(MONAILabelApp):
     def init_infers(self):
         infers = {}
         for name, path in self.models.items():
-            infers[name] = BundleInferTask(path, self.conf, add_post_restore="classification" not in name)
+            infers[name] = BundleInferTask(path, self.conf, add_post_restore=False)
             logger.info(f"+++ Adding Inferer:: {name} => {infers[name]}")
         return infers
 

@@ -58,7 +58,7 @@ def check_state_dict(
         raise ExportMismatchError(
             f"{path} does not match the {task} network of the export settings: "
             + "; ".join(parts)
-            + f" (the export builds {len(labels)} classes {list(labels)}; check --labels, --encoder_name, "
+            + f" (the export builds {len(labels)} class(es) {list(labels)}; check --labels, --encoder_name, "
             "--encoder_image_size, --decoder_channels / --fpn_channels)"
         )
 

@@ -19,9 +19,10 @@ from bundle.export.readme import bundle_readme
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADER = (
-    "# Exported by scripts/export_bundle.py from the CM-CGNS bundle ({source}); derived from the repository's\n"
-    "# {derived}. Code targets live in this bundle's scripts/ package (MONAI Label puts the bundle folder on\n"
-    "# sys.path). Run from the bundle folder: python -m monai.bundle run --config_file configs/{name}\n"
+    "# Exported by scripts/export_bundle.py from the CM-CGNS bundle ({source}), derived from its\n"
+    "# {derived}. Code targets live in this bundle's scripts/ package (MONAI Label puts\n"
+    "# the bundle folder on sys.path). From the bundle folder:\n"
+    "#   python -m monai.bundle run --config_file configs/{name} --meta_file configs/metadata.json\n"
 )
 
 
@@ -99,7 +100,7 @@ def _task_values(s: ExportSettings) -> tuple[dict, dict, str, int, dict]:
 
 def _write_yaml(config: dict, path: Path, derived: str, source: str) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
-    ConfigParser.export_config_file(config, str(path), fmt="yaml", sort_keys=False, width=120)
+    ConfigParser.export_config_file(config, str(path), fmt="yaml", sort_keys=False, width=120, default_flow_style=None)
     text = HEADER.format(source=source, derived=derived, name=path.name) + path.read_text()
     path.write_text(text)
     return text

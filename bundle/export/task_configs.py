@@ -30,6 +30,7 @@ DROPPED_IMPORT = "tokenization"  # the text model's helpers: no exported task re
 # ids that only the repository's workflows use (manifest meta, label fractions, the test split, pretrained encoders)
 TRAIN_DROPPED = (
     "text_model_dir",
+    "max_length",
     "manifest_meta",
     "data_fraction",
     "balance_training",
@@ -102,7 +103,7 @@ def inference_config(task: str, values: Mapping[str, object]) -> dict:
         "ckpt_dir": "$@bundle_root + '/models'",
         "dataset_dir": "$@bundle_root + '/data'",
     }
-    return _apply(config, {**common, **values}, dropped=("text_model_dir",))
+    return _apply(config, {**common, **values}, dropped=("text_model_dir", "max_length"))
 
 
 def train_config(task: str, values: Mapping[str, object]) -> dict:
