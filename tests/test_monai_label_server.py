@@ -132,3 +132,16 @@ def test_one_training_epoch_through_the_train_endpoint(served):
         fields={"params": json.dumps({"result_dtype": "uint8"})},
     )
     assert np.array(Image.open(io.BytesIO(png))).shape == (52, 60)
+
+
+def test_side_environment_recipe_is_pinned_and_keeps_torch_alone():
+    lines = [ln.split("#")[0].strip() for ln in (ROOT / "requirements-label.txt").read_text().splitlines()]
+    reqs = [ln for ln in lines if ln]
+    assert reqs and all("==" in r for r in reqs), reqs
+    assert not [r for r in reqs if r.lower().startswith(("torch==", "torchvision", "monailabel"))]
+    makefile = (ROOT / "Makefile").read_text()
+    assert "--no-deps monailabel==0.8.5" in makefile
+    assert makefile.index("$(LABEL_PY) -m pip install --quiet torch==2.13.0") < makefile.index(
+        "-r requirements-label.txt"
+    )
+    assert "test: install label-env" in makefile  # CI's `make test` builds the side environment itself
