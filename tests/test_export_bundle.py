@@ -111,7 +111,7 @@ def test_torchscript_and_onnx_equal_pytorch_on_new_inputs(exported, task):
 
 
 @pytest.mark.slow
-def test_exported_code_runs_without_the_repository(exported, tmp_path):
+def test_exported_code_runs_without_the_repository(exported):
     """The bundle's network and transforms build with only the bundle folder on sys.path (MONAI Label's view)."""
     bundle_dir = exported["segmentation"]["path"]
     code = (
@@ -122,9 +122,7 @@ def test_exported_code_runs_without_the_repository(exported, tmp_path):
         "print(type(net).__module__, len(pre.transforms))"
     )
     env = dict(os.environ, PYTHONPATH=str(bundle_dir))
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path if False else bundle_dir, env=env, capture_output=True, text=True
-    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=bundle_dir, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split()[0] == "scripts.downstream.segmentation_network"
 
