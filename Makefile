@@ -1,6 +1,6 @@
 # The two set-up commands of README.md and the install recipe they share.
 #   make demo   create/reuse .venv, install, build the demo data, run demo pretraining
-#   make test   create/reuse .venv, install, run the style gate (ruff) and the test suite
+#   make test   create/reuse .venv and .venv-label (MONAI Label), install, run the style gate (ruff) and the suite
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
