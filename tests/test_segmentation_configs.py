@@ -72,7 +72,8 @@ def test_train_evaluate_infer(tmp_path):
     for name, mask in test_masks.items():
         assert np.array_equal(np.asarray(Image.open(tmp_path / "inference" / name)), mask)
     last = inf.evaluator.state.output[0]["pred"]
-    assert last.shape == (40, 48)  # SqueezeDimd: the 2D label MONAI Label writes
+    # SqueezeDimd, then x first: MONAI Label's writer transposes the 2D label it is handed back to rows x columns
+    assert last.shape == (48, 40)
 
 
 def test_grid_runner_writes_tables_and_plots(tmp_path):

@@ -147,3 +147,28 @@ class EncoderRetinaNet(RetinaNet):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
+
+
+class DetectionHeadOutputs(nn.Module):
+    """The RetinaNet's raw head outputs as one tensor [B, num_classes + 4, N] (per anchor: class logits, then box
+    deltas), N anchors in the detector's order (levels, then row, column, anchor: MONAI's `_reshape_maps`).
+
+    Why: the detector's anchor matching, decoding and NMS are Python over variable-size box lists, which neither
+    TorchScript tracing nor ONNX captures; this is the part of detection that exports (model.ts / model.onnx), and
+    the single-tensor network verify_net_in_out can check. Decoding stays with the bundle's `detector`.
+    """
+
+    def __init__(self, network: RetinaNet):
+        super().__init__()
+        self.network = network
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        heads = self.network(image)
+        net = self.network
+        levels = []
+        for cls, box in zip(heads[net.cls_key], heads[net.box_reg_key]):
+            b = cls.shape[0]
+            cls = cls.permute(0, 2, 3, 1).reshape(b, -1, net.num_classes)
+            box = box.permute(0, 2, 3, 1).reshape(b, -1, 2 * net.spatial_dims)
+            levels.append(torch.cat([cls, box], dim=2))
+        return torch.cat(levels, dim=1).transpose(1, 2)

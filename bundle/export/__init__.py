@@ -1,0 +1,1 @@
+"""Export trained downstream checkpoints as standalone MONAI bundles (MONAI Label, model zoo)."""
