@@ -126,5 +126,7 @@ def multi_gpu_config(task: str) -> dict:
     """configs/multi_gpu_<task>.yaml without its test-split entries, the early-stop hook moved to `run` as above."""
     config = ConfigParser.load_config_file(str(CONFIGS / f"multi_gpu_{task}.yaml"))
     config = {k: v for k, v in config.items() if not k.startswith("test#")}
-    config["initialize"] = [i for i in config.get("initialize", []) if "early_stop" not in i]
+    # the early-stop hook moves to `run`; the test folder's makedirs goes with the test split it belongs to
+    dropped = ("early_stop", "@eval_dir", "@test_dir")
+    config["initialize"] = [i for i in config.get("initialize", []) if not any(d in i for d in dropped)]
     return _rewritten(config)
