@@ -25,6 +25,15 @@ import torch.nn.functional as F
 COLLAPSE_STD_RATIO = 0.2
 COLLAPSE_WITHIN_COSINE = 0.95
 
+# The report loss's own diagnostics (ClusterGuidedReportLoss returns them; CMCGNS passes them on).
+REPORT_DIAGNOSTIC_KEYS = (
+    "local_top1",
+    "local_chance_top1",
+    "assignment_entropy",
+    "fn_mask_density",
+    "hard_negative_cos",
+    "duplicate_negative_density",
+)
 # Scalars the model adds to its output (logged with the loss terms, averaged over validation batches).
 DIAGNOSTIC_KEYS = (
     "diag_tok_cos_within",
@@ -42,13 +51,7 @@ DIAGNOSTIC_KEYS = (
     "diag_a1_entropy",
     "diag_a2_mean",
     "diag_a2_entropy",
-    "local_top1",
-    "local_chance_top1",
-    "assignment_entropy",
-    "fn_mask_density",
-    "hard_negative_cos",
-    "duplicate_negative_density",
-)
+) + REPORT_DIAGNOSTIC_KEYS
 
 
 def mean_pairwise_cosine(unit: torch.Tensor) -> torch.Tensor:

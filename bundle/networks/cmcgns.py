@@ -18,7 +18,7 @@ from torch import nn
 
 from bundle.engines.options import bool_arguments
 from bundle.losses.cluster_report_loss import ClusterGuidedReportLoss
-from bundle.losses.diagnostics import local_diagnostics
+from bundle.losses.diagnostics import REPORT_DIAGNOSTIC_KEYS, local_diagnostics
 from bundle.losses.global_contrastive import GlobalContrastiveLoss
 from bundle.losses.local_image_loss import LocalImageSimSiamLoss
 from bundle.losses.reconstruction_loss import reconstruction_l1_loss, token_mask_to_pixels
@@ -38,16 +38,6 @@ from bundle.networks.sentence_features import (
     valid_rows,
 )
 from bundle.networks.text_encoder import TextEncoder
-
-# Diagnostics the report loss computes on its own C (bundle/losses/diagnostics.py has the rest).
-REPORT_DIAGNOSTICS = (
-    "local_top1",
-    "local_chance_top1",
-    "assignment_entropy",
-    "fn_mask_density",
-    "hard_negative_cos",
-    "duplicate_negative_density",
-)
 
 
 def _projection(in_dim: int, out_dim: int) -> nn.Linear:
@@ -343,7 +333,7 @@ class CMCGNS(nn.Module):
         }
         out.update({k: v for k, v in global_.items() if k != "loss"})
         if self.compute_diagnostics:
-            out.update({k: report[k] for k in REPORT_DIAGNOSTICS})
+            out.update({k: report[k] for k in REPORT_DIAGNOSTIC_KEYS})
             out.update(
                 local_diagnostics(
                     image_tokens,
