@@ -159,7 +159,9 @@ def write_report(groups: dict[str, list[dict]], descriptions: dict[str, str], ar
         "    PYTHONPATH=$PWD HF_HUB_OFFLINE=1 python scripts/evaluate_joint_space.py --dataset_dir demo_data \\",
         "        --model demo=models/model.pt --ablation_dir runs/ablation",
         "",
-        "Examples (make-demo model): docs/results/demo_grounding_examples.png. Reading: docs/method_notes.md.",
+        "Examples (make-demo model): docs/results/demo_grounding_examples.png, written by this command on your machine "
+        "and not committed (it quotes Indiana University report sentences, CC BY-NC-ND). Reading: "
+        "docs/method_notes.md.",
     ]
     (results / f"{stem}.md").write_text("\n".join(lines) + "\n")
     (results / f"{stem}.json").write_text(json.dumps(groups, indent=2, sort_keys=True) + "\n")
