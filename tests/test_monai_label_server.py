@@ -79,12 +79,18 @@ def test_segmentation_masks_equal_the_bundles_own_inference(served):
     print("segmentation replies:", replies)
 
 
-def test_classification_scores_equal_the_bundles_own_inference(served):
-    bundle = _bundle(served, "classification")
+def _json_reply_and_own_inference(served, task: str, own_name: str):
+    """The server's JSON reply for the first demo image, and the folder of the bundle's own inference on it."""
+    bundle = _bundle(served, task)
     image_id = served["ids"][0]
     reply = json.loads(post(f"{served['url']}/infer/{bundle.name}?image={image_id}&output=json", fields={}))
-    own = served["tmp"] / "own_cls"
+    own = served["tmp"] / own_name
     own_inference(bundle, served["studies"] / f"{image_id}.png", own)
+    return reply, own
+
+
+def test_classification_scores_equal_the_bundles_own_inference(served):
+    reply, own = _json_reply_and_own_inference(served, "classification", "own_cls")
     with open(own / "predictions.csv") as f:
         row = next(csv.DictReader(f))
     expected = {name: float(row[name]) for name in LABELS["classification"]}
@@ -96,11 +102,7 @@ def test_classification_scores_equal_the_bundles_own_inference(served):
 
 
 def test_detection_boxes_equal_the_bundles_own_inference(served):
-    bundle = _bundle(served, "detection")
-    image_id = served["ids"][0]
-    reply = json.loads(post(f"{served['url']}/infer/{bundle.name}?image={image_id}&output=json", fields={}))
-    own = served["tmp"] / "own_det"
-    own_inference(bundle, served["studies"] / f"{image_id}.png", own)
+    reply, own = _json_reply_and_own_inference(served, "detection", "own_det")
     record = json.loads((own / "predictions.json").read_text())
     record = record[0] if isinstance(record, list) else record
     print("detection reply keys:", sorted(reply), "own keys:", sorted(record))
