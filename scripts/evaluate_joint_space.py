@@ -49,11 +49,15 @@ COLUMNS = [  # (key in the merged result, header)
 ]
 
 
-def ablation_variants() -> dict:
+def ablation_module():
     spec = importlib.util.spec_from_file_location("ablate", ROOT / "scripts" / "ablate.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.VARIANTS
+    return module
+
+
+def ablation_variants() -> dict:
+    return ablation_module().VARIANTS
 
 
 def workflow(configs: list[str], overrides: dict) -> ConfigWorkflow:
@@ -65,15 +69,34 @@ def workflow(configs: list[str], overrides: dict) -> ConfigWorkflow:
     return wf
 
 
-def evaluate(label: str, checkpoint: Path | None, extra_configs: list[str], seed: int, args) -> dict:
+def checkpoint_identity(checkpoint: Path | None, seed: int, overrides: dict) -> dict:
+    """What a cached summary must match to be reused: the checkpoint file (path, size, mtime) or the random-init
+    seed, and the network overrides; a retrained cell under the same label is evaluated again."""
+    if checkpoint is None:
+        weights = {"random_init_seed": seed}
+    else:
+        stat = Path(checkpoint).stat()
+        weights = {"path": str(Path(checkpoint).resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return {"weights": weights, "overrides": {k: overrides[k] for k in sorted(overrides)}}
+
+
+def evaluate(
+    label: str, checkpoint: Path | None, extra_configs: list[str], seed: int, args, network_overrides=None
+) -> dict:
+    """network_overrides: parser ids and values of the variant (e.g. network_def#cross_attention_normalisation)."""
+    network_overrides = dict(network_overrides or {})
     split = getattr(args, "split", "test")
     out_dir = Path(args.work_dir) / (label if split == "test" else f"{label}_{split}")
     done = out_dir / "summary.json"
+    identity = checkpoint_identity(checkpoint, seed, network_overrides)
     if done.is_file() and not args.recompute:
-        logger.info("%s: reusing %s", label, done)
-        return json.loads(done.read_text())
+        cached = json.loads(done.read_text())
+        if cached.get("identity") == identity:
+            logger.info("%s: reusing %s", label, done)
+            return cached
+        logger.info("%s: %s was computed for another checkpoint or settings; evaluating again", label, done)
     out_dir.mkdir(parents=True, exist_ok=True)
-    overrides = {
+    overrides = network_overrides | {
         "dataset_dir": str(Path(args.dataset_dir).resolve()),
         "bundle_root": str(ROOT),
         "num_workers": 0,
@@ -87,7 +110,8 @@ def evaluate(label: str, checkpoint: Path | None, extra_configs: list[str], seed
         net = workflow(BASE + extra_configs, overrides).parser.get_parsed_content("network_def")
         torch.save(net.state_dict(), checkpoint)
     overrides["eval_checkpoint"] = str(checkpoint)
-    merged, start = {"label": label, "checkpoint": str(checkpoint), "seed": seed}, time.perf_counter()
+    merged = {"label": label, "checkpoint": str(checkpoint), "seed": seed, "identity": identity}
+    start = time.perf_counter()
     for name in WORKFLOWS:
         wf = workflow(BASE + extra_configs + [f"configs/{name}"], overrides)
         wf.initialize()
@@ -201,12 +225,17 @@ def main(argv=None) -> int:
         groups[label] = [evaluate(label, Path(checkpoint), [], 0, args)]
         descriptions[label] = f"{label} ({checkpoint})"
     if args.ablation_dir:
+        ablate = ablation_module()
+        total = sum(int(ablate.demo_settings()[k]) for k in ("stage1_epochs", "stage2_epochs"))
         for name, (description, configs, _) in variants.items():
             if args.variants is not None and name not in args.variants:
                 continue
+            network_overrides = ablate.parsed_overrides(name, total)
             for cell in sorted(Path(args.ablation_dir).glob(f"{name}_seed*/models/model.pt")):
                 seed = int(cell.parent.parent.name.rsplit("seed", 1)[1])
-                groups.setdefault(name, []).append(evaluate(cell.parent.parent.name, cell, configs, seed, args))
+                groups.setdefault(name, []).append(
+                    evaluate(cell.parent.parent.name, cell, configs, seed, args, network_overrides)
+                )
                 descriptions[name] = f"{name}: {description}"
     write_report(groups, descriptions, args, time.perf_counter() - start)
     demo_png = Path(args.work_dir) / "demo" / "grounding_test.png"
