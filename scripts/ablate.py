@@ -143,6 +143,7 @@ def pretrain(name: str, seed: int, args, total_epochs: int) -> Path:
         str(run_dir / "run"),
         "--demo_train_items",
         str(args.demo_train_items),
+        *([] if args.subset_seed is None else ["--demo_subset_seed", str(args.subset_seed)]),
         *EVERY_CELL,
         *args.pretrain_override,
         *overrides,
@@ -450,6 +451,13 @@ def main(argv=None) -> int:
         help="training pairs of every pretraining (25 steps of 32 per epoch, 100 steps for the demo's 2 + 2 epochs)",
     )
     p.add_argument(
+        "--subset_seed",
+        type=int,
+        default=None,
+        help="draw every cell's training / validation pairs with this seed (default: the pretraining seed, so the "
+        "spread is data + initialisation); give a separate --work_dir",
+    )
+    p.add_argument(
         "--pretrain_overrides",
         default="",
         help='extra bundle overrides for every pretraining run, one quoted string: "--network_def#num_clusters 8"',
@@ -513,6 +521,7 @@ def main(argv=None) -> int:
             break
         run_dir = None if name == "a_random" else pretrain(name, seed, args, total)
         row = {"variant": name, "seed": seed, "pretrain_seconds": time.perf_counter() - cell_start}
+        row["subset_seed"] = seed if args.subset_seed is None else args.subset_seed
         phase_start = time.perf_counter()
         if run_dir is None:
             row.update(linear_probe(name, "random", None, seed, args, settings, transfer))

@@ -65,3 +65,21 @@ def test_demo_config_runs_and_exports_the_best_stage2_checkpoint(tmp_path, tiny_
     last_is_best = stage2[-1]["val_loss"] <= min(r["val_loss"] for r in stage2)
     same_as_live = all(torch.equal(live[k], best[k]) for k in best if k in live)
     assert same_as_live == last_is_best
+
+
+def test_demo_subsets_follow_the_subset_seed_which_defaults_to_the_run_seed(tiny_dataset):  # noqa: F811
+    from monai.bundle import ConfigParser
+
+    def subsets(**overrides):
+        parser = ConfigParser()
+        parser.read_config([str(ROOT / "configs" / "pretrain.yaml"), str(ROOT / "configs" / "demo_pretrain.yaml")])
+        parser.update({"dataset_dir": str(tiny_dataset), "demo_train_items": 6, "demo_val_items": 2, **overrides})
+        return tuple(
+            tuple(it["id"] for it in parser.get_parsed_content(k)) for k in ("train#datalist", "validate#datalist")
+        )
+
+    draws = {seed: subsets(seed=seed) for seed in range(6)}
+    assert len(set(draws.values())) > 1  # the tiny split (12 pairs) gives different subsets for different seeds
+    other = next(s for s in draws if draws[s] != draws[0])
+    assert subsets(seed=0, demo_subset_seed=other) == draws[other]  # the data of `other`, the initialisation of 0
+    assert all(len(train) == 6 and len(val) == 2 for train, val in draws.values())
