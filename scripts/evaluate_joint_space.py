@@ -69,26 +69,35 @@ def workflow(configs: list[str], overrides: dict) -> ConfigWorkflow:
     return wf
 
 
-def checkpoint_identity(checkpoint: Path | None, seed: int, overrides: dict) -> dict:
+def checkpoint_identity(
+    checkpoint: Path | None, seed: int, overrides: dict, workflows: tuple[str, ...] = WORKFLOWS
+) -> dict:
     """What a cached summary must match to be reused: the checkpoint file (path, size, mtime) or the random-init
-    seed, and the network overrides; a retrained cell under the same label is evaluated again."""
+    seed, the network overrides and the workflows run; a retrained cell under the same label is evaluated again."""
     if checkpoint is None:
         weights = {"random_init_seed": seed}
     else:
         stat = Path(checkpoint).stat()
         weights = {"path": str(Path(checkpoint).resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    return {"weights": weights, "overrides": {k: overrides[k] for k in sorted(overrides)}}
+    return {"weights": weights, "overrides": {k: overrides[k] for k in sorted(overrides)}, "workflows": list(workflows)}
 
 
 def evaluate(
-    label: str, checkpoint: Path | None, extra_configs: list[str], seed: int, args, network_overrides=None
+    label: str,
+    checkpoint: Path | None,
+    extra_configs: list[str],
+    seed: int,
+    args,
+    network_overrides=None,
+    workflows: tuple[str, ...] = WORKFLOWS,
 ) -> dict:
-    """network_overrides: parser ids and values of the variant (e.g. network_def#cross_attention_normalisation)."""
+    """network_overrides: parser ids and values of the variant (e.g. network_def#cross_attention_normalisation);
+    workflows: a subset of WORKFLOWS (scripts/ablate.py computes the retrieval itself)."""
     network_overrides = dict(network_overrides or {})
     split = getattr(args, "split", "test")
     out_dir = Path(args.work_dir) / (label if split == "test" else f"{label}_{split}")
     done = out_dir / "summary.json"
-    identity = checkpoint_identity(checkpoint, seed, network_overrides)
+    identity = checkpoint_identity(checkpoint, seed, network_overrides, workflows)
     if done.is_file() and not args.recompute:
         cached = json.loads(done.read_text())
         if cached.get("identity") == identity:
@@ -112,7 +121,7 @@ def evaluate(
     overrides["eval_checkpoint"] = str(checkpoint)
     merged = {"label": label, "checkpoint": str(checkpoint), "seed": seed, "identity": identity}
     start = time.perf_counter()
-    for name in WORKFLOWS:
+    for name in workflows:
         wf = workflow(BASE + extra_configs + [f"configs/{name}"], overrides)
         wf.initialize()
         result = wf.run()[0]

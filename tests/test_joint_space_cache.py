@@ -94,3 +94,8 @@ def test_the_ablation_passes_each_variants_network_overrides(joint):
     assert b["network_def#weight_img"] == 0.0 and b["network_def#weight_report"] == 0.0  # numbers, not strings
     assert (b["stage1_epochs"], b["stage2_epochs"]) == (4, 0)
     assert ablate.parsed_overrides("f_full", total) == {}
+
+
+def test_a_summary_of_other_workflows_is_not_reused(joint):
+    grounding_only = ("evaluate_zero_shot.yaml", "evaluate_grounding.yaml")  # what the ablation's column runs
+    assert joint.checkpoint_identity(None, 0, {}, grounding_only) != joint.checkpoint_identity(None, 0, {})

@@ -134,7 +134,9 @@ def grounding_column(checkpoint: Path | None, configs: list[str], overrides: dic
     joint = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(joint)
     js_args = argparse.Namespace(dataset_dir=args.dataset_dir, work_dir=args.joint_space_dir, recompute=False)
-    summary = joint.evaluate(label, checkpoint, configs, seed, js_args, overrides)
+    # the ablation computes the whole-split retrieval itself (with the local top-1): zero-shot and grounding only
+    workflows = tuple(w for w in joint.WORKFLOWS if w != "evaluate_retrieval.yaml")
+    summary = joint.evaluate(label, checkpoint, configs, seed, js_args, overrides, workflows)
     return {key: summary[src] for key, (src, _) in COLUMNS["grounding"].items()} | {
         "grounding_seconds": summary.get("seconds")
     }

@@ -91,6 +91,15 @@ def all_reduce_min(value: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def broadcast_object(obj, src: int = 0):
+    """Rank `src`'s `obj` on every rank: a decision taken once (whether a file exists) instead of by each rank."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
 def broadcast_module_state(module: torch.nn.Module, src: int = 0) -> None:
     """Copy parameters and buffers of rank `src` into every other rank, in place.
 

@@ -137,16 +137,20 @@ class StageScheduleHandler:
             logger.info("stage 1 finished: end weights saved to %s", self.stage1_last_path)
         source = "the last stage-1 weights"
         if self.stage2_init == "best":
-            if self.best_checkpoint and os.path.isfile(self.best_checkpoint):
+            # rank 0 reads the file, so rank 0 decides: ranks that looked on their own could disagree (a node-local
+            # ckpt_dir) and the ones that saw it would wait in the broadcast below for ever
+            found = bool(self.best_checkpoint) and os.path.isfile(self.best_checkpoint)
+            if dist_utils.broadcast_object(found if dist_utils.is_main_process() else None):
                 if dist_utils.is_main_process():
                     model.load_state_dict(load_model_weights(self.best_checkpoint))
                 dist_utils.broadcast_module_state(model)  # the file is read on rank 0 only
                 source = f"the best stage-1 checkpoint {self.best_checkpoint}"
             else:
                 logger.warning(
-                    "stage2_init is 'best' but %s does not exist (no stage-1 validation ran?): "
+                    "stage2_init is 'best' but %s does not exist%s (no stage-1 validation ran?): "
                     "stage 2 starts from the last stage-1 weights",
                     self.best_checkpoint,
+                    " on rank 0" if dist_utils.is_distributed() else "",
                 )
         model.set_stage(2)
         restart_optimizer(self.optimizer, self.stage2_hparams)
