@@ -117,7 +117,14 @@ def run_linear_probe_grid(args, encoders, key: str) -> list[dict]:
         ):
             items = parser.get_parsed_content(id_)
             split_features[split] = extract_features(
-                model, items, transform, args.feature_batch_size, args.num_workers, device, desc=f"{label} {split}"
+                model,
+                items,
+                transform,
+                args.feature_batch_size,
+                args.num_workers,
+                device,
+                desc=f"{label} {split}",
+                preprocessed=getattr(args, "preprocessed", None),  # scripts/ablate.py: one cache for all its cells
             )
         for fraction in args.fractions:
             train = subset(split_features["training"], fractions[fraction_key(fraction)])

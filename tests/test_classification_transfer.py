@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 
+import pytest
 import torch
 from monai.transforms import Compose
 from test_classification_fixtures import ROOT, write_tiny_classification_dataset
@@ -134,3 +135,32 @@ def test_fine_tune_grid_runs_the_bundle_config(tmp_path):
     assert (tmp_path / "runs" / "random_1.0_seed0" / "model.pt").is_file()
     text = (results / "tiny_classification.md").read_text()
     assert "CACHED" not in text and "| random | 1.0 | 0 | 12 |" in text
+
+
+def test_reused_preprocessing_gives_the_same_features_and_transforms_each_image_once(tmp_path):
+    manifest = write_tiny_classification_dataset(tmp_path, "multilabel", 3)
+    items = load_manifest(manifest, "validation")
+    base = Compose(
+        [LoadRadiographd("image")]
+        + radiograph_transforms(image_size=36, crop_size=32, train=False)
+        + [ClassificationLabeld("multilabel", 3)]
+    )
+    calls = []
+
+    def transform(item):
+        calls.append(item["image"])
+        return base(item)
+
+    torch.manual_seed(0)
+    first = EncoderClassifier(build_image_encoder("resnet18", 1, 32), 3)
+    second = EncoderClassifier(build_image_encoder("resnet18", 1, 32), 3)  # another encoder, as the next cell
+    fresh = [extract_features(m, items, base, batch_size=4) for m in (first, second)]
+    cache: dict = {}
+    reused = [extract_features(m, items, transform, batch_size=4, preprocessed=cache) for m in (first, second)]
+    assert sorted(calls) == sorted(item["image"] for item in items)  # once per image over both encoders
+    for a, b in zip(fresh, reused):
+        assert a.ids == b.ids and torch.equal(a.labels, b.labels)
+        assert torch.allclose(a.features, b.features, atol=1e-6)
+    assert not torch.allclose(reused[0].features, reused[1].features)  # the cache holds images, not features
+    with pytest.raises(ValueError, match="num_workers 0"):
+        extract_features(first, items, base, num_workers=2, preprocessed={})

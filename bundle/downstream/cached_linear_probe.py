@@ -28,6 +28,22 @@ class CachedFeatures:
     labels: torch.Tensor  # [N, C] float (multilabel / binary) or [N] long (multiclass)
 
 
+class ReusedPreprocessing:
+    """The evaluation preprocessing of each image run once and its output reused: scripts/ablate.py probes many
+    encoders on the same images with the same deterministic transform, and decoding + resizing was about 40 % of
+    each probe's feature pass. The caller owns `cache` and keeps one per transform setting (keys are the items'
+    image paths); only in this process (a DataLoader worker's copy would be lost)."""
+
+    def __init__(self, transform, cache: dict):
+        self.transform, self.cache = transform, cache
+
+    def __call__(self, item: dict) -> dict:
+        key = str(item["image"])
+        if key not in self.cache:
+            self.cache[key] = self.transform(dict(item))
+        return self.cache[key]
+
+
 @torch.no_grad()
 def extract_features(
     model: EncoderClassifier,
@@ -37,8 +53,17 @@ def extract_features(
     num_workers: int = 0,
     device: str | torch.device = "cpu",
     desc: str = "features",
+    preprocessed: dict | None = None,
 ) -> CachedFeatures:
-    """Pooled features of `items` (manifest items) through `transform` (the evaluation preprocessing)."""
+    """Pooled features of `items` (manifest items) through `transform` (the evaluation preprocessing).
+
+    preprocessed: a dict kept by the caller across calls with the same transform: each image is then decoded and
+    transformed once (ReusedPreprocessing); needs num_workers 0.
+    """
+    if preprocessed is not None:
+        if num_workers:
+            raise ValueError("a reused preprocessing cache fills in this process: use num_workers 0")
+        transform = ReusedPreprocessing(transform, preprocessed)
     model.eval().to(device)
     loader = DataLoader(Dataset(list(items), transform), batch_size=batch_size, shuffle=False, num_workers=num_workers)
     ids, feats, labels, done, start = [], [], [], 0, time.perf_counter()
