@@ -311,6 +311,16 @@ def localised_table(results: list[dict], names: list[str], args) -> list[str]:
             "Grounding: pointing game of the sentence maps on the test split's boxed sentences (a control sentence "
             "from another finding as the baseline) and zero-shot macro AUROC, from scripts/evaluate_joint_space.py."
         )
+        baselines = {
+            k: next((r[k] for r in results if r.get(k) is not None), None)
+            for k in ("grounding_uniform_token_pointing", "grounding_best_fixed_token_pointing")
+        }
+        if all(v is not None for v in baselines.values()):
+            text.append(
+                "Token pointing baselines on the same cases: a uniformly random token "
+                f"{baselines['grounding_uniform_token_pointing']:.3f}, the best fixed token (one grid cell for "
+                f"every case, chosen on these cases) {baselines['grounding_best_fixed_token_pointing']:.3f}."
+            )
     text.append("n: cells with these columns.")
     lines = [
         text[0],

@@ -176,7 +176,9 @@ def write_report(groups: dict[str, list[dict]], descriptions: dict[str, str], ar
         f"fraction), IoU {first['uniform_iou']:.3f}; centre prior pointing {first['centre_pointing']:.3f},",
         f"IoU {first['centre_iou']:.3f}, mass {first['centre_mass']:.3f}. Token pointing: the same game at the",
         "resolution of the token grid (hit when the block of the most attended token overlaps the region; the demo's",
-        f"ResNet-18 at 96 px has a 3 x 3 grid); a uniformly random token hits {first['uniform_token_pointing']:.3f}.",
+        f"ResNet-18 at 96 px has a 3 x 3 grid); a uniformly random token hits {first['uniform_token_pointing']:.3f},",
+        f"the centre token {first.get('centre_token_pointing', float('nan')):.3f} and the best fixed token (one grid "
+        f"cell for every case, chosen on these cases) {first.get('best_fixed_token_pointing', float('nan')):.3f}.",
         "",
         "| model | n | " + " | ".join(h for _, h in COLUMNS) + " |",
         "|---|---|" + "---|" * len(COLUMNS),

@@ -183,6 +183,14 @@ def test_evaluate_grounding_config_scores_every_case_against_its_baselines(tmp_p
         assert row["uniform_pointing"] == pytest.approx(81 / (40 * 48))  # 81 pixels within radius 5
         assert row["model_pointing"] in (0.0, 1.0) and 0.0 <= row["model_mass"] <= 1.0
         assert row["model_token_pointing"] in (0.0, 1.0) and 0.0 < row["uniform_token_pointing"] <= 0.5
+        assert row["uniform_token_pointing"] == pytest.approx(np.mean(row["fixed_token_hits"]))
+    # the oracle fixed token: the best column of the per-case hits, at least the random token's and the centre's
+    per_token = np.mean([r["fixed_token_hits"] for r in rows], axis=0)
+    overall = summary["overall"]
+    assert overall["best_fixed_token_pointing"] == pytest.approx(per_token.max())
+    assert overall["best_fixed_token_pointing"] >= max(
+        overall["uniform_token_pointing"], overall["centre_token_pointing"]
+    )
     assert (tmp_path / "eval" / "grounding_test.png").stat().st_size > 1000
     assert math.isfinite(summary["overall"]["model_iou"])
 
@@ -225,7 +233,7 @@ def test_grounding_manifest_from_detection_boxes(tmp_path):
 
 
 def test_token_pointing_works_at_the_resolution_of_the_grid():
-    from bundle.downstream.grounding import token_index_map, token_pointing, token_uniform
+    from bundle.downstream.grounding import centre_token, token_hits, token_index_map, token_pointing, token_uniform
 
     index = token_index_map(9, (96, 96))[0].numpy()
     assert index[0, 0] == 1 and index[40, 70] == 1 + 1 * 3 + 2 and index[95, 95] == 9
@@ -234,6 +242,8 @@ def test_token_pointing_works_at_the_resolution_of_the_grid():
     assert token_pointing(index, 1, region) == 1.0 and token_pointing(index, 4, region) == 1.0
     assert token_pointing(index, 0, region) == 0.0 and token_pointing(index, 8, region) == 0.0
     assert token_uniform(index, 9, region) == pytest.approx(4 / 9)
+    assert token_hits(index, 9, region).tolist() == [0, 1, 1, 0, 1, 1, 0, 0, 0]  # blocks (0,1) (0,2) (1,1) (1,2)
+    assert centre_token(9) == 4 and centre_token(16) == 10 and centre_token(196) == 7 * 14 + 7
     padded = index.copy()
     padded[:, :10] = 0  # what the inverse of a crop leaves outside the image: no token
     assert token_uniform(padded, 9, np.ones_like(region)) == 1.0

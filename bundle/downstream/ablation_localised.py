@@ -138,7 +138,10 @@ def grounding_column(checkpoint: Path | None, configs: list[str], overrides: dic
     workflows = tuple(w for w in joint.WORKFLOWS if w != "evaluate_retrieval.yaml")
     summary = joint.evaluate(label, checkpoint, configs, seed, js_args, overrides, workflows)
     return {key: summary[src] for key, (src, _) in COLUMNS["grounding"].items()} | {
-        "grounding_seconds": summary.get("seconds")
+        "grounding_seconds": summary.get("seconds"),
+        # the same for every cell (the cases' regions on the token grid): baselines of the token pointing column
+        "grounding_uniform_token_pointing": summary.get("uniform_token_pointing"),
+        "grounding_best_fixed_token_pointing": summary.get("best_fixed_token_pointing"),
     }
 
 

@@ -152,8 +152,22 @@ def token_pointing(token_map: np.ndarray, token: int, region: np.ndarray) -> flo
     return float(np.logical_and(token_map == token + 1, region).any())
 
 
+def token_hits(token_map: np.ndarray, num_tokens: int, region: np.ndarray) -> np.ndarray:
+    """[num_tokens] token_pointing of every token: 1.0 where its block overlaps the region. Averaged over cases it
+    gives the fixed-position baselines (a map that always picks token t scores the mean of column t)."""
+    _check(token_map, region)
+    touched = np.unique(token_map[region]).astype(np.int64)
+    hits = np.zeros(num_tokens)
+    hits[touched[touched > 0] - 1] = 1.0
+    return hits
+
+
+def centre_token(num_tokens: int) -> int:
+    """The token of the grid's centre cell (row-major; the lower-right one of the four for an even side)."""
+    h, w = token_grid(num_tokens)
+    return (h // 2) * w + w // 2
+
+
 def token_uniform(token_map: np.ndarray, num_tokens: int, region: np.ndarray) -> float:
     """Expected token_pointing of a uniformly random token: the share of tokens whose block overlaps the region."""
-    _check(token_map, region)
-    touched = np.unique(token_map[region])
-    return float(np.count_nonzero(touched > 0) / num_tokens)
+    return float(token_hits(token_map, num_tokens, region).mean())

@@ -20,10 +20,11 @@ from bundle.downstream.grounding import (
     attention_to_input,
     box_region,
     centre_prior,
+    centre_token,
     grounding_scores,
+    token_hits,
     token_index_map,
     token_pointing,
-    token_uniform,
     uniform_scores,
 )
 from bundle.downstream.retrieval import embed_split, split_retrieval
@@ -185,10 +186,13 @@ def run_grounding(
                 ("uniform", uniform_scores(region)),
             ):
                 row.update({f"{name}_{k}": v for k, v in scores.items()})
+            hits = token_hits(blocks, num_tokens, region)
             row.update(
                 model_token_pointing=token_pointing(blocks, best[j], region),
                 control_token_pointing=token_pointing(blocks, best[-1], region),
-                uniform_token_pointing=token_uniform(blocks, num_tokens, region),
+                uniform_token_pointing=float(hits.mean()),
+                centre_token_pointing=float(hits[centre_token(num_tokens)]),
+                fixed_token_hits=hits.tolist(),
             )
             rows.append(row)
             if len(shown) < examples:
@@ -222,7 +226,13 @@ def summarise_grounding(rows: Sequence[dict]) -> dict:
     keys = [k for k in (rows[0] if rows else {}) if k.split("_", 1)[0] in ("model", "control", "centre", "uniform")]
 
     def means(subset):
-        return {k: float(np.mean([r[k] for r in subset])) for k in keys}
+        out = {k: float(np.mean([r[k] for r in subset])) for k in keys}
+        if subset and "fixed_token_hits" in subset[0]:
+            # the best constant map on these very cases (an oracle position prior): a model below it does not
+            # locate the finding better than always pointing at one grid cell
+            per_token = np.mean([r["fixed_token_hits"] for r in subset], axis=0)
+            out.update(best_fixed_token_pointing=float(per_token.max()), best_fixed_token=int(per_token.argmax()))
+        return out
 
     classes = sorted({r["class"] for r in rows if r["class"] is not None})
     return {
