@@ -9,8 +9,8 @@ Variants (each adds one component to the one before; method.md 4):
   e stage1     + cluster-guided hard negatives and the boundary-margin loss = CM-CGNS stage 1
   f full       + CM-MIR (stage 2) = full CM-CGNS, fixed mode
   g official   full CM-CGNS with configs/official.yaml (the published code's numerics)
-  h dedup      f with report_duplicate_negatives drop: the same sentence in another report is no negative
-  i softmax    f with cross_attention_normalisation softmax (A1 sums to 1 over the image's tokens)
+  h dedup      f with report_duplicate_negatives drop: the same sentence in another report is no negative (opt-in)
+  i softmax    f with cross_attention_normalisation softmax (A1 sums to 1 over the image's tokens) (opt-in)
 b-e run stage 1 only for stage1_epochs + stage2_epochs epochs, so every variant sees the same number of steps.
 
 Per variant and pretraining seed: demo pretraining through `python -m monai.bundle run` (pretrain.yaml +
@@ -23,7 +23,7 @@ demo_pretrain.yaml + the variant's overrides; a finished run is reused, so a sto
 Writes docs/results/demo_ablation.{md,json,png}. Settings were chosen on validation data (docs/method_notes.md);
 this script reports the test split only and never feeds it back.
 
-    PYTHONPATH=$PWD HF_HUB_OFFLINE=1 python scripts/ablate.py --dataset_dir demo_data --seeds 0 1
+    PYTHONPATH=$PWD HF_HUB_OFFLINE=1 python scripts/ablate.py --dataset_dir demo_data    # or: make ablation
 """
 
 from __future__ import annotations
