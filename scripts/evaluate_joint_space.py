@@ -208,7 +208,9 @@ def main(argv=None) -> int:
     p.add_argument("--model", action="append", default=[], help="LABEL=CHECKPOINT (demo configs), repeatable")
     p.add_argument("--ablation_dir", default=None, help="scripts/ablate.py's work dir: every <variant>_seed<s> cell")
     p.add_argument("--variants", nargs="*", default=None, help="only these ablation variants (default: all)")
-    p.add_argument("--random_seeds", nargs="*", type=int, default=[0], help="random-init networks to evaluate")
+    p.add_argument(
+        "--random_seeds", nargs="*", type=int, default=[0, 1], help="random-init networks (the ablation has 0, 1)"
+    )
     p.add_argument("--work_dir", default=str(ROOT / "runs" / "joint_space"))
     p.add_argument("--results_dir", default=str(ROOT / "docs" / "results"))
     p.add_argument("--recompute", action="store_true")
