@@ -27,14 +27,19 @@ def _script():
     return module
 
 
-def test_cached_features_match_the_model_one_image_at_a_time(tmp_path):
+def tiny_validation_items_and_transform(tmp_path):
+    """The validation items of a tiny multilabel dataset and the evaluation preprocessing of the probe."""
     manifest = write_tiny_classification_dataset(tmp_path, "multilabel", 3)
-    items = load_manifest(manifest, "validation")
     transform = Compose(
         [LoadRadiographd("image")]
         + radiograph_transforms(image_size=36, crop_size=32, train=False)
         + [ClassificationLabeld("multilabel", 3)]
     )
+    return load_manifest(manifest, "validation"), transform
+
+
+def test_cached_features_match_the_model_one_image_at_a_time(tmp_path):
+    items, transform = tiny_validation_items_and_transform(tmp_path)
     model = EncoderClassifier(build_image_encoder("resnet18", 1, 32), 3).train()
     cached = extract_features(model, items, transform, batch_size=4)
     assert cached.ids == [item["id"] for item in items]
@@ -138,13 +143,7 @@ def test_fine_tune_grid_runs_the_bundle_config(tmp_path):
 
 
 def test_reused_preprocessing_gives_the_same_features_and_transforms_each_image_once(tmp_path):
-    manifest = write_tiny_classification_dataset(tmp_path, "multilabel", 3)
-    items = load_manifest(manifest, "validation")
-    base = Compose(
-        [LoadRadiographd("image")]
-        + radiograph_transforms(image_size=36, crop_size=32, train=False)
-        + [ClassificationLabeld("multilabel", 3)]
-    )
+    items, base = tiny_validation_items_and_transform(tmp_path)
     calls = []
 
     def transform(item):
