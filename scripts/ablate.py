@@ -119,6 +119,24 @@ def variant_overrides(name: str, total_epochs: int) -> tuple[list[str], list[str
     return configs, [o.replace("{total}", str(total_epochs)) for o in (overrides or [])]
 
 
+def cell_protocol(seed: int, args) -> dict:
+    """What a finished cell must share with this invocation to be reused: its training pairs."""
+    return {"subset_seed": seed if args.subset_seed is None else args.subset_seed, "train_items": args.demo_train_items}
+
+
+def reused_cell(path: Path, seed: int, args) -> dict:
+    """A finished cell's result, refused when it was trained on other pairs (cells before 0.13 recorded neither key:
+    the pretraining seed's subset of 800 pairs)."""
+    row = json.loads(path.read_text(encoding="utf-8"))
+    had = {"subset_seed": row.get("subset_seed", row["seed"]), "train_items": row.get("train_items", 800)}
+    if had != cell_protocol(seed, args):
+        raise SystemExit(
+            f"{path} was trained with {had}, this ablation asks for {cell_protocol(seed, args)}: "
+            "give another --work_dir (or remove the cell)"
+        )
+    return row
+
+
 def pretrain(name: str, seed: int, args, total_epochs: int) -> Path:
     run_dir = Path(args.work_dir) / f"{name}_seed{seed}"
     model = run_dir / "models" / "model.pt"
@@ -530,7 +548,7 @@ def main(argv=None) -> int:
         cell_start = time.perf_counter()
         cached = Path(args.work_dir) / f"{name}_seed{seed}" / "result.json"
         if cached.is_file():  # a finished cell of a stopped ablation
-            results.append(json.loads(cached.read_text(encoding="utf-8")))
+            results.append(reused_cell(cached, seed, args))
             logger.info("[%d/%d] %s seed %d: reusing %s", done, len(cells), name, seed, cached)
             continue
         if args.stop_after_priority and name not in args.priority:
@@ -538,7 +556,7 @@ def main(argv=None) -> int:
             break
         run_dir = None if name == "a_random" else pretrain(name, seed, args, total)
         row = {"variant": name, "seed": seed, "pretrain_seconds": time.perf_counter() - cell_start}
-        row["subset_seed"] = seed if args.subset_seed is None else args.subset_seed
+        row.update(cell_protocol(seed, args))
         phase_start = time.perf_counter()
         if run_dir is None:
             row.update(linear_probe(name, "random", None, seed, args, settings, transfer))

@@ -114,3 +114,26 @@ def test_a_cached_column_at_another_label_fraction_is_recomputed(ablate):
     assert missing_tasks(dict(current, seg_fraction=0.01), args.localised, args) == ["segmentation"]
     lines = " ".join(ablate.localised_table([current], ["b_global"], args))
     assert "segmentation 10 % / detection 100 % of the training labels" in lines
+
+
+def test_a_finished_cell_of_other_training_pairs_is_refused(ablate, tmp_path):
+    import json
+
+    args = SimpleNamespace(subset_seed=None, demo_train_items=800)
+    cell = tmp_path / "result.json"
+    cell.write_text(json.dumps({"variant": "f_full", "seed": 1, "auroc_1": 0.8}))  # a cell from before 0.13
+    assert ablate.reused_cell(cell, 1, args)["auroc_1"] == 0.8
+    with pytest.raises(SystemExit, match="another --work_dir"):
+        ablate.reused_cell(cell, 1, SimpleNamespace(subset_seed=0, demo_train_items=800))
+    with pytest.raises(SystemExit, match="train_items"):
+        ablate.reused_cell(cell, 1, SimpleNamespace(subset_seed=None, demo_train_items=2400))
+    cell.write_text(
+        json.dumps(
+            {
+                "variant": "f_full",
+                "seed": 1,
+                **ablate.cell_protocol(1, SimpleNamespace(subset_seed=0, demo_train_items=800)),
+            }
+        )
+    )
+    assert ablate.reused_cell(cell, 1, SimpleNamespace(subset_seed=0, demo_train_items=800))["subset_seed"] == 0
