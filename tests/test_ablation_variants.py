@@ -87,8 +87,8 @@ def test_localised_table_counts_the_cells_that_have_the_columns(ablate):
     from bundle.downstream.ablation_localised import missing_tasks
 
     results = [
-        {"variant": "b_global", "seed": 0, "seg_mgca_dice": 0.8, "seg_pooled_dice": 0.6},
-        {"variant": "b_global", "seed": 1, "seg_mgca_dice": 0.7, "seg_pooled_dice": 0.4},
+        {"variant": "b_global", "seed": 0, "seg_mgca_dice": 0.8, "seg_pooled_dice": 0.6, "seg_val_interval": 2},
+        {"variant": "b_global", "seed": 1, "seg_mgca_dice": 0.7, "seg_pooled_dice": 0.4, "seg_val_interval": 2},
         {"variant": "f_full", "seed": 0},  # no localised column yet: left out of the table, not a zero
     ]
     args = SimpleNamespace(localised=["segmentation"], localised_fraction=0.1)
@@ -108,10 +108,12 @@ def test_a_cached_column_at_another_label_fraction_is_recomputed(ablate):
     det = {"det_mAP_40_75": 0.03, "det_mAP_50": 0.05}
     seg = {"seg_mgca_dice": 0.8, "seg_pooled_dice": 0.6}
     legacy = {"variant": "b_global", "seed": 0, **seg, **det}  # cached before fractions were stored: 10 %
-    assert missing_tasks(legacy, args.localised, args) == ["detection"]
-    current = dict(legacy, seg_fraction=0.1, det_fraction=1.0)
+    assert missing_tasks(legacy, args.localised, args) == ["segmentation", "detection"]  # interval unknown
+    assert missing_tasks(dict(legacy, seg_val_interval=2), args.localised, args) == ["detection"]
+    current = dict(legacy, seg_fraction=0.1, det_fraction=1.0, seg_val_interval=2)
     assert missing_tasks(current, args.localised, args) == []
     assert missing_tasks(dict(current, seg_fraction=0.01), args.localised, args) == ["segmentation"]
+    assert missing_tasks(dict(current, seg_val_interval=1), args.localised, args) == ["segmentation"]
     lines = " ".join(ablate.localised_table([current], ["b_global"], args))
     assert "segmentation 10 % / detection 100 % of the training labels" in lines
 

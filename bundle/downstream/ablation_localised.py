@@ -28,7 +28,8 @@ SEGMENTATION_DEMO_ARGS = (
 ).split()
 # the ablation's one change against the segmentation grid: validation every second epoch (3 of the 6 at 10 %), a
 # third of the column's time; the best head is still chosen on validation
-SEGMENTATION_ABLATION_ARGS = ["--val_interval", "2"]
+SEGMENTATION_VAL_INTERVAL = 2
+SEGMENTATION_ABLATION_ARGS = ["--val_interval", str(SEGMENTATION_VAL_INTERVAL)]
 DETECTION_DEMO_ARGS = (
     "--image_size 128 --fpn_channels 64 --anchor_base 1.0 --max_epochs 2 --min_steps 100 --validations 2 "
     "--patience 3 --batch_size 16"
@@ -62,10 +63,14 @@ def detection_fraction(args) -> float:
 # cells cached before the fraction was stored were all computed at 10 %
 FRACTION_KEYS = {"segmentation": "seg_fraction", "detection": "det_fraction"}
 LEGACY_FRACTION = 0.1
+# a segmentation column without its validation interval is of unknown protocol (0.12 validated every epoch, the
+# first 0.13 cells every second one without saying so): recomputed rather than mixed into one table
+VAL_INTERVAL_KEY = "seg_val_interval"
 
 
 def missing_tasks(row: dict, tasks, args=None) -> list[str]:
-    """Tasks whose columns are absent, or (given args) were computed at another label fraction than asked."""
+    """Tasks whose columns are absent, were computed with another segmentation validation interval, or (given args)
+    at another label fraction than asked."""
     wanted = {}
     if args is not None:
         wanted = {"segmentation": args.localised_fraction, "detection": detection_fraction(args)}
@@ -74,6 +79,7 @@ def missing_tasks(row: dict, tasks, args=None) -> list[str]:
         for t in tasks
         if any(key not in row for key in COLUMNS[t])
         or (t in wanted and row.get(FRACTION_KEYS[t], LEGACY_FRACTION) != wanted[t])
+        or (t == "segmentation" and row.get(VAL_INTERVAL_KEY) != SEGMENTATION_VAL_INTERVAL)
     ]
 
 
@@ -116,6 +122,7 @@ def segmentation_column(source, weights, label, seed, fraction, settings, args) 
     return {key: row[src] for key, (src, _) in COLUMNS["segmentation"].items()} | {
         "seg_seconds": row["seconds"],
         "seg_fraction": fraction,
+        VAL_INTERVAL_KEY: SEGMENTATION_VAL_INTERVAL,
     }
 
 
