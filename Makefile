@@ -72,7 +72,7 @@ style: install
 demo: install
 	$(PY) scripts/run_demo.py --out $(DEMO_DIR)
 
-# Variants a-g x pretraining seeds 0 and 1 (scripts/ablate.py; about 80 min on 2 CPU cores); finished cells under
+# Variants a-g x pretraining seeds 0 and 1 (scripts/ablate.py; 86 min on 2 CPU cores); finished cells under
 # runs/ablation are reused, so a stopped run continues.
 ablation: install
 	@test -f $(DEMO_DIR)/manifests/grounding.json || { echo "$(DEMO_DIR)/manifests is missing: run make demo first"; exit 2; }
