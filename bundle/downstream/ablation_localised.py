@@ -60,26 +60,32 @@ def detection_fraction(args) -> float:
     return getattr(args, "detection_fraction", None) or args.localised_fraction
 
 
-# cells cached before the fraction was stored were all computed at 10 %
-FRACTION_KEYS = {"segmentation": "seg_fraction", "detection": "det_fraction"}
-LEGACY_FRACTION = 0.1
-# a segmentation column without its validation interval is of unknown protocol (0.12 validated every epoch, the
-# first 0.13 cells every second one without saying so): recomputed rather than mixed into one table
+# the protocol a cached column records beside its figures, and what a cell that did not record a key had: cells
+# cached before the fractions were stored were all computed at 10 %; a segmentation column without its validation
+# interval is of unknown protocol (0.12 validated every epoch, the first 0.13 cells every second one without saying
+# so), so it is recomputed rather than mixed into one table
 VAL_INTERVAL_KEY = "seg_val_interval"
+LEGACY_PROTOCOL = {"seg_fraction": 0.1, "det_fraction": 0.1}
+
+
+def wanted_protocol(args=None) -> dict[str, dict]:
+    """task -> {recorded key: the value this invocation asks for}; the label fractions only when args are given."""
+    wanted = {"segmentation": {VAL_INTERVAL_KEY: SEGMENTATION_VAL_INTERVAL}, "detection": {}}
+    if args is not None:
+        wanted["segmentation"]["seg_fraction"] = args.localised_fraction
+        wanted["detection"]["det_fraction"] = detection_fraction(args)
+    return wanted
 
 
 def missing_tasks(row: dict, tasks, args=None) -> list[str]:
-    """Tasks whose columns are absent, were computed with another segmentation validation interval, or (given args)
-    at another label fraction than asked."""
-    wanted = {}
-    if args is not None:
-        wanted = {"segmentation": args.localised_fraction, "detection": detection_fraction(args)}
+    """Tasks whose columns are absent or were computed under another protocol than this invocation's (the
+    segmentation validation interval; given args, the label fractions)."""
+    wanted = wanted_protocol(args)
     return [
         t
         for t in tasks
         if any(key not in row for key in COLUMNS[t])
-        or (t in wanted and row.get(FRACTION_KEYS[t], LEGACY_FRACTION) != wanted[t])
-        or (t == "segmentation" and row.get(VAL_INTERVAL_KEY) != SEGMENTATION_VAL_INTERVAL)
+        or any(row.get(key, LEGACY_PROTOCOL.get(key)) != value for key, value in wanted.get(t, {}).items())
     ]
 
 
